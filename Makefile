@@ -1,0 +1,44 @@
+# The two commands of the README do all set-up on a fresh machine:
+#   make demo   train QLAE on procedural shapes3d, evaluate, write runs/demo/report.html
+#   make test   the test suite
+# Both create .venv, install torch (torch==2.13.0, the CPU build, when the venv has none),
+# build the package with its C++ kernels and run.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.installed
+MAX_JOBS ?= 2
+export MAX_JOBS
+
+.PHONY: install test demo bench lint clean ext
+
+$(STAMP): pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cpu/*.h)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip setuptools wheel ninja
+	$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q torch==2.13.0
+	$(PIP) install -q --no-build-isolation -e ".[test,triton]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+demo: $(STAMP)
+	$(PY) -m latentquant.cli train --config configs/demo.yaml --out runs/demo
+
+bench: $(STAMP)
+	$(PIP) install -q --no-build-isolation -e ".[bench]"
+	$(PY) -m pytest -q benchmarks -p no:cacheprovider
+
+lint: $(STAMP)
+	$(PY) -m ruff check src tests benchmarks triton_kernels
+	$(PY) -m ruff format --check src tests benchmarks triton_kernels
+
+clean:
+	rm -rf build $(VENV) src/latentquant/*.so
+
+# Rebuild latentquant._C in place after editing csrc/ (serialized: several people may build at once).
+ext: $(STAMP)
+	flock /tmp/latentquant-build.lock $(PY) setup.py -q build_ext --inplace

@@ -1,0 +1,29 @@
+// Every latentquant:: operator schema, declared once. Kernels register per device in
+// csrc/cpu/<op>.cpp (TORCH_LIBRARY_IMPL(latentquant, CPU, m)) and csrc/cuda/<op>.cu (CUDA);
+// Python (src/latentquant/ops/<op>.py) adds fake implementations and autograd.
+#include <Python.h>
+#include <torch/library.h>
+
+extern "C" {
+// latentquant._C is imported as a plain Python module; importing it runs the static
+// registrations below. It holds no Python functions of its own.
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}
+
+TORCH_LIBRARY(latentquant, m) {
+  // ---- quantization (issue: foundation) ----
+  m.def("scalar_quantize(Tensor z, Tensor values, bool check_finite=True) -> (Tensor, Tensor)");
+  m.def("scalar_quantize_backward(Tensor grad_z_q, Tensor indices, Tensor values) -> Tensor");
+  m.def(
+      "latent_quantize(Tensor z, Tensor values, float quantization_weight, float commitment_weight, "
+      "bool check_finite=True) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "latent_quantize_backward(Tensor grad_z_hat, Tensor grad_loss, Tensor z, Tensor values, "
+      "Tensor indices, float quantization_weight, float commitment_weight) -> (Tensor, Tensor)");
+  m.def("vector_quantize(Tensor z, Tensor codebook, bool check_finite=True) -> (Tensor, Tensor)");
+  m.def("vector_quantize_backward(Tensor grad_z_q, Tensor indices, Tensor codebook) -> Tensor");
+  // ---- mutual information (issue: metrics) ----
+}

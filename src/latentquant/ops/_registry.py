@@ -1,0 +1,96 @@
+"""Loads the compiled extension and chooses the GPU backend.
+
+- ``HAVE_C``: whether ``latentquant._C`` imported (it registers the CPU and, when built, CUDA kernels).
+- ``LATENTQUANT_GPU_BACKEND=cuda|triton`` (default ``cuda``): which kernels serve CUDA tensors. With
+  ``triton`` -- or when the extension has no CUDA kernel for an op but Triton is installed -- the Triton
+  launchers are registered as the op's CUDA kernel, so device selection stays with the dispatcher.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import warnings
+from collections.abc import Callable
+
+import torch
+
+NAMESPACE = "latentquant"
+
+try:
+    from latentquant import _C  # noqa: F401  (importing registers the kernels)
+
+    HAVE_C = True
+    _C_ERROR: str | None = None
+except ImportError as err:  # pragma: no cover - exercised with LATENTQUANT_NO_EXT=1 installs
+    HAVE_C = False
+    _C_ERROR = str(err)
+    warnings.warn(
+        f"latentquant._C is not available ({err}); using the plain-PyTorch reference implementations, "
+        "which are correct but slow. Reinstall with `pip install --no-build-isolation .` to build the kernels.",
+        RuntimeWarning,
+        stacklevel=2,
+    )
+
+_GPU_BACKENDS = ("cuda", "triton")
+
+
+def gpu_backend() -> str:
+    """The backend requested for CUDA tensors through ``LATENTQUANT_GPU_BACKEND``."""
+    backend = os.environ.get("LATENTQUANT_GPU_BACKEND", "cuda").lower()
+    if backend not in _GPU_BACKENDS:
+        raise ValueError(f"LATENTQUANT_GPU_BACKEND must be one of {_GPU_BACKENDS}, got {backend!r}")
+    return backend
+
+
+def has_kernel(op: str, dispatch_key: str) -> bool:
+    """Whether ``latentquant::<op>`` has a kernel registered for ``dispatch_key`` (e.g. "CPU", "CUDA")."""
+    if not HAVE_C:
+        return False
+    return torch._C._dispatch_has_kernel_for_dispatch_key(f"{NAMESPACE}::{op}", dispatch_key)
+
+
+def triton_available() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+_LIB = torch.library.Library(NAMESPACE, "IMPL") if HAVE_C else None
+_TRITON_OPS: set[str] = set()
+
+
+def register_triton_cuda(op: str, fn: Callable) -> None:
+    """Serve CUDA tensors of ``latentquant::<op>`` with the Triton-backed ``fn`` when asked to
+    (``LATENTQUANT_GPU_BACKEND=triton``) or when the extension has no CUDA kernel for it."""
+    if _LIB is None or not triton_available():
+        return
+    if gpu_backend() == "triton" or not has_kernel(op, "CUDA"):
+        _LIB.impl(op, fn, "CUDA")
+        _TRITON_OPS.add(op)
+
+
+def backend_info() -> dict[str, object]:
+    """Which kernels are compiled and live.
+
+    Returns:
+        ``{"extension": bool, "extension_error": str | None, "gpu_backend": "cuda" | "triton",
+        "cuda_available": bool, "triton_installed": bool, "ops": {op: {"cpu": kernel, "cuda": kernel}}}``
+        where a kernel is ``"c++"``, ``"cuda"``, ``"triton"`` or ``"reference"``.
+    """
+    ops = {}
+    for op in ("scalar_quantize", "latent_quantize", "vector_quantize"):
+        cpu = "c++" if has_kernel(op, "CPU") else "reference"
+        if op in _TRITON_OPS:
+            cuda = "triton"
+        elif has_kernel(op, "CUDA"):
+            cuda = "cuda"
+        else:
+            cuda = "reference"
+        ops[op] = {"cpu": cpu, "cuda": cuda}
+    return {
+        "extension": HAVE_C,
+        "extension_error": _C_ERROR,
+        "gpu_backend": gpu_backend(),
+        "cuda_available": torch.cuda.is_available(),
+        "triton_installed": triton_available(),
+        "ops": ops,
+    }
