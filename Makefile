@@ -13,7 +13,7 @@ export MAX_JOBS
 
 .PHONY: install test demo bench lint clean ext
 
-$(STAMP): pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cpu/*.h)
+$(STAMP): pyproject.toml setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip setuptools wheel ninja
 	$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q torch==2.13.0
@@ -22,10 +22,10 @@ $(STAMP): pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp 
 
 install: $(STAMP)
 
-test: $(STAMP)
+test: ext
 	$(PY) -m pytest -q tests
 
-demo: $(STAMP)
+demo: ext
 	$(PY) -m latentquant.cli train --config configs/demo.yaml --out runs/demo
 
 bench: $(STAMP)
@@ -39,6 +39,7 @@ lint: $(STAMP)
 clean:
 	rm -rf build $(VENV) src/latentquant/*.so
 
-# Rebuild latentquant._C in place after editing csrc/ (serialized: several people may build at once).
+# (Re)build latentquant._C in place; incremental (ninja), so a no-op when csrc/ is unchanged.
+# Serialized with flock: several people may build in one tree at once.
 ext: $(STAMP)
 	flock /tmp/latentquant-build.lock $(PY) setup.py -q build_ext --inplace

@@ -1,0 +1,88 @@
+// CPU kernels of latentquant::scalar_quantize and its backward: per-dimension nearest scalar
+// codebook value. One pass over z, OpenMP (at::parallel_for) over rows, no (N, D, K) temporary.
+#include "../common.h"
+
+#include <torch/library.h>
+
+namespace latentquant {
+namespace {
+
+constexpr const char* kOp = "scalar_quantize";
+
+template <typename scalar_t, typename acc_t>
+void scalar_quantize_fwd_kernel(const scalar_t* z, const acc_t* values, int64_t N, int64_t D, int64_t K,
+                                bool check_finite, scalar_t* z_q, int64_t* indices, std::atomic<bool>& bad) {
+  at::parallel_for(0, N, std::max<int64_t>(1, 16384 / std::max<int64_t>(1, D * K)), [&](int64_t n0, int64_t n1) {
+    bool local_bad = false;
+    for (int64_t n = n0; n < n1; ++n) {
+      for (int64_t d = 0; d < D; ++d) {
+        const int64_t i = n * D + d;
+        const acc_t x = static_cast<acc_t>(z[i]);
+        if (check_finite && !std::isfinite(x)) local_bad = true;
+        const acc_t* v = values + d * K;
+        const int64_t k = nearest_scalar(x, v, K);
+        indices[i] = k;
+        z_q[i] = static_cast<scalar_t>(v[k]);
+      }
+    }
+    if (local_bad) bad.store(true, std::memory_order_relaxed);
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor> scalar_quantize_cpu(const at::Tensor& z_in, const at::Tensor& values_in,
+                                                        bool check_finite) {
+  check_scalar_codebook(z_in, values_in, kOp);
+  const auto z = z_in.contiguous();
+  const auto values = values_in.to(compute_dtype(z_in, values_in)).contiguous();
+  check_values_finite(values, kOp, "values");
+  const int64_t N = z.size(0), D = z.size(1), K = values.size(1);
+  auto z_q = at::empty_like(z);
+  auto indices = at::empty(z.sizes(), z.options().dtype(at::kLong));
+  if (z.numel() == 0) return {z_q, indices};
+  std::atomic<bool> bad{false};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), kOp, [&] {
+    using acc_type = acc_t<scalar_t>;
+    if (values.scalar_type() == at::kDouble) {
+      scalar_quantize_fwd_kernel<scalar_t, double>(z.const_data_ptr<scalar_t>(), values.const_data_ptr<double>(),
+                                                   N, D, K, check_finite, z_q.mutable_data_ptr<scalar_t>(),
+                                                   indices.mutable_data_ptr<int64_t>(), bad);
+    } else {
+      scalar_quantize_fwd_kernel<scalar_t, acc_type>(
+          z.const_data_ptr<scalar_t>(), values.const_data_ptr<acc_type>(), N, D, K, check_finite,
+          z_q.mutable_data_ptr<scalar_t>(), indices.mutable_data_ptr<int64_t>(), bad);
+    }
+  });
+  if (bad.load()) raise_not_finite(kOp);
+  return {z_q, indices};
+}
+
+// grad_values[d, k] = sum over n with indices[n, d] == k of grad_z_q[n, d]; deterministic order.
+at::Tensor scalar_quantize_backward_cpu(const at::Tensor& grad_z_q_in, const at::Tensor& indices_in,
+                                        const at::Tensor& values) {
+  constexpr const char* op = "scalar_quantize_backward";
+  check_indices(indices_in, op);
+  TORCH_CHECK_VALUE(grad_z_q_in.sizes() == indices_in.sizes(), op, ": grad_z_q ", grad_z_q_in.sizes(),
+                    " and indices ", indices_in.sizes(), " must have the same shape");
+  const auto grad = grad_z_q_in.contiguous();
+  const auto indices = indices_in.contiguous();
+  const int64_t N = grad.size(0), D = grad.size(1), K = values.size(1);
+  const int64_t* idx = indices.const_data_ptr<int64_t>();
+  at::Tensor out;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), op, [&] {
+    const scalar_t* g = grad.const_data_ptr<scalar_t>();
+    out = chunked_row_reduce(N, D * K, [&](int64_t n0, int64_t n1, double* acc) {
+      for (int64_t n = n0; n < n1; ++n)
+        for (int64_t d = 0; d < D; ++d) acc[d * K + idx[n * D + d]] += static_cast<double>(g[n * D + d]);
+    });
+  });
+  return out.view({D, K}).to(values.scalar_type());
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(latentquant, CPU, m) {
+  m.impl("scalar_quantize", &scalar_quantize_cpu);
+  m.impl("scalar_quantize_backward", &scalar_quantize_backward_cpu);
+}
+
+}  // namespace latentquant
