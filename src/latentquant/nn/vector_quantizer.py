@@ -90,7 +90,7 @@ class VectorQuantizer(nn.Module):
             aux_loss = self.commitment_weight * ((zf - zqf.detach()) ** 2).mean()
             if not self.ema:
                 aux_loss = aux_loss + self.quantization_weight * ((zqf - zf.detach()) ** 2).mean()
-        z_hat = zl + (z_q - zl).detach()
+        z_hat = z_q.detach() + (zl - zl.detach())  # exactly z_q in every dtype; d z_hat / d z = I
         # indices have no channel dim: (...) for channel-last input, (B, *spatial) for channel-first.
         return from_channel_last(z_hat, self.channel_first), indices, aux_loss
 

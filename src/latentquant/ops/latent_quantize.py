@@ -50,6 +50,16 @@ if _registry.HAVE_C:
 
     torch.library.register_autograd("latentquant::latent_quantize", _backward, setup_context=_setup_context)
 
+    def _no_double_backward(ctx, grad_grad_z, grad_grad_values):
+        raise RuntimeError(
+            "latent_quantize: double backward (gradients of gradients) is not supported; "
+            "use latentquant.reference.latent_quantize_ref for higher-order derivatives"
+        )
+
+    torch.library.register_autograd(
+        "latentquant::latent_quantize_backward", _no_double_backward, setup_context=lambda ctx, inputs, output: None
+    )
+
 
 def latent_quantize(
     z: torch.Tensor,

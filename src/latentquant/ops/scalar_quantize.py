@@ -35,6 +35,19 @@ if _registry.HAVE_C:
 
     torch.library.register_autograd("latentquant::scalar_quantize", _backward, setup_context=_setup_context)
 
+    # The backward is linear in grad_z_q: its own gradient is a gather (double backward).
+    def _setup_backward(ctx, inputs, output):
+        _, indices, _ = inputs
+        ctx.save_for_backward(indices)
+
+    def _backward_backward(ctx, grad_grad_values):
+        (indices,) = ctx.saved_tensors
+        return grad_grad_values.gather(1, indices.t()).t(), None, None
+
+    torch.library.register_autograd(
+        "latentquant::scalar_quantize_backward", _backward_backward, setup_context=_setup_backward
+    )
+
 
 def scalar_quantize(
     z: torch.Tensor, values: torch.Tensor, *, check_finite: bool = True

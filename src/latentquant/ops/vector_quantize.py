@@ -34,6 +34,19 @@ if _registry.HAVE_C:
 
     torch.library.register_autograd("latentquant::vector_quantize", _backward, setup_context=_setup_context)
 
+    # The backward is linear in grad_z_q: its own gradient is a row gather (double backward).
+    def _setup_backward(ctx, inputs, output):
+        _, indices, _ = inputs
+        ctx.save_for_backward(indices)
+
+    def _backward_backward(ctx, grad_grad_codebook):
+        (indices,) = ctx.saved_tensors
+        return grad_grad_codebook[indices], None, None
+
+    torch.library.register_autograd(
+        "latentquant::vector_quantize_backward", _backward_backward, setup_context=_setup_backward
+    )
+
 
 def vector_quantize(
     z: torch.Tensor, codebook: torch.Tensor, *, check_finite: bool = True

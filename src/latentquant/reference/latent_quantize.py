@@ -29,5 +29,7 @@ def latent_quantize_ref(
         quantization = ((zc.detach() - zqc) ** 2).mean()
         commitment = ((zc - zqc.detach()) ** 2).mean()
         aux_loss = quantization_weight * quantization + commitment_weight * commitment
-    z_hat = z + (z_q - z).detach()
+    # Straight-through written so the value is exactly z_q in every dtype (the usual z + (z_q - z).detach()
+    # rounds in float16/bfloat16); the gradient with respect to z is the identity.
+    z_hat = z_q.detach() + (z - z.detach())
     return z_hat, indices, aux_loss

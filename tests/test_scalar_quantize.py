@@ -1,0 +1,152 @@
+"""latentquant.ops.scalar_quantize against its reference: values, ties, layouts, gradients, registration."""
+
+import pytest
+import torch
+from kernel_utils import DTYPES, SHAPES, non_contiguous, poisoned_allocations, random_codebook
+
+from latentquant.ops import scalar_quantize
+from latentquant.reference.scalar_quantize import scalar_quantize_ref
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("k", [1, 2, 10, 17])
+def test_matches_reference(shape, dtype, k):
+    g = torch.Generator().manual_seed(hash((shape, k)) % 2**31)
+    z = (torch.randn(shape, generator=g, dtype=torch.float64) * 0.8).to(dtype)
+    values = random_codebook(shape[-1], k, dtype, g)
+    with poisoned_allocations():
+        z_q, idx = scalar_quantize(z, values)
+    z_q_ref, idx_ref = scalar_quantize_ref(z, values)
+    assert z_q.shape == z.shape and idx.shape == z.shape
+    assert z_q.dtype == dtype and idx.dtype == torch.int64
+    torch.testing.assert_close(idx, idx_ref, rtol=0, atol=0)
+    torch.testing.assert_close(z_q, z_q_ref, rtol=0, atol=0)
+
+
+def test_ties_go_to_lowest_index():
+    values = torch.tensor([[0.5, -0.5, 0.0, 0.5, 1.0]])
+    # 0.25 is equidistant from 0.5 (k=0) and 0.0 (k=2); 0.5 appears at k=0 and k=3; 0.75 between 0.5 and 1.0.
+    z = torch.tensor([[0.25], [0.5], [0.75], [-0.25], [10.0]])
+    _, idx = scalar_quantize(z, values)
+    assert idx.flatten().tolist() == [0, 0, 0, 1, 4]
+    assert idx.flatten().tolist() == scalar_quantize_ref(z, values)[1].flatten().tolist()
+
+
+def test_ragged_padding_never_wins():
+    values = torch.tensor([[-1.0, 1.0, 1.0, 1.0], [-1.0, 0.0, 1.0, 2.0]])
+    z = torch.tensor([[5.0, 5.0], [1.0, 1.0]])
+    _, idx = scalar_quantize(z, values)
+    assert idx.tolist() == [[1, 3], [1, 2]]
+
+
+def test_non_contiguous_and_mixed_dtypes():
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(9, 6, generator=g)
+    values = random_codebook(6, 7, torch.float64, g)
+    for zz in (non_contiguous(z), z.t().contiguous().t(), z[::2]):
+        z_q, idx = scalar_quantize(zz, values)
+        z_q_ref, idx_ref = scalar_quantize_ref(zz, values)
+        assert torch.equal(idx, idx_ref) and torch.equal(z_q, z_q_ref) and z_q.dtype == torch.float32
+
+
+def test_gradient_matches_reference_scatter():
+    g = torch.Generator().manual_seed(1)
+    z = torch.randn(50, 4, 3, generator=g, dtype=torch.float64)
+    values = random_codebook(3, 5, torch.float64, g).requires_grad_()
+    upstream = torch.randn(50, 4, 3, generator=g, dtype=torch.float64)
+    (scalar_quantize(z, values)[0] * upstream).sum().backward()
+    grad = values.grad.clone()
+    values.grad = None
+    (scalar_quantize_ref(z, values)[0] * upstream).sum().backward()
+    torch.testing.assert_close(grad, values.grad, rtol=1e-12, atol=1e-12)
+
+
+def test_no_gradient_to_z():
+    z = torch.randn(4, 3, requires_grad=True)
+    values = torch.randn(3, 4, requires_grad=True)
+    z_q, _ = scalar_quantize(z, values)
+    z_q.sum().backward()
+    assert z.grad is None and values.grad is not None
+
+
+def test_gradcheck_float64():
+    g = torch.Generator().manual_seed(2)
+    z = torch.randn(13, 3, generator=g, dtype=torch.float64)
+    values = random_codebook(3, 4, torch.float64, g).requires_grad_()
+    assert torch.autograd.gradcheck(lambda v: scalar_quantize(z, v)[0], (values,))
+
+
+def test_backward_is_deterministic_across_thread_counts():
+    g = torch.Generator().manual_seed(3)
+    z = torch.randn(20000, 6, generator=g)
+    values = random_codebook(6, 10, torch.float32, g)
+    upstream = torch.randn(20000, 6, generator=g)
+    idx = scalar_quantize(z, values)[1]
+    threads = torch.get_num_threads()
+    try:
+        results = []
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            results.append(torch.ops.latentquant.scalar_quantize_backward(upstream, idx, values))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(results[0], results[1])
+
+
+def test_opcheck():
+    g = torch.Generator().manual_seed(4)
+    z = torch.randn(16, 3, generator=g, dtype=torch.float64)
+    values = random_codebook(3, 5, torch.float64, g).requires_grad_()
+    torch.library.opcheck(torch.ops.latentquant.scalar_quantize.default, (z, values, True))
+    idx = scalar_quantize(z, values)[1].reshape(16, 3)
+    torch.library.opcheck(torch.ops.latentquant.scalar_quantize_backward.default, (torch.randn_like(z), idx, values))
+
+
+def test_torch_compile_fullgraph():
+    g = torch.Generator().manual_seed(5)
+    z = torch.randn(2, 7, 3, generator=g)
+    values = random_codebook(3, 6, torch.float32, g).requires_grad_()
+
+    def f(z, values):
+        z_q, idx = scalar_quantize(z, values)
+        return (z_q * 2).sum(), idx
+
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    out, idx = compiled(z, values)
+    out.backward()
+    grad = values.grad.clone()
+    values.grad = None
+    out_e, idx_e = f(z, values)
+    out_e.backward()
+    assert torch.equal(idx, idx_e)
+    torch.testing.assert_close(out, out_e)
+    torch.testing.assert_close(grad, values.grad)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_z_raises(bad):
+    z = torch.zeros(5, 2)
+    z[3, 1] = bad
+    values = torch.randn(2, 3)
+    with pytest.raises(ValueError, match="scalar_quantize: z contains NaN or Inf"):
+        scalar_quantize(z, values)
+    _, idx = scalar_quantize(z, values, check_finite=False)
+    assert idx.shape == (5, 2)
+
+
+@pytest.mark.parametrize(
+    "z, values, message",
+    [
+        (torch.zeros(4, 3), torch.zeros(2, 5), r"values must have shape \(D, K\) with D = z.shape\[-1\] = 3"),
+        (torch.zeros(4, 3), torch.zeros(3), "values must be 2-D"),
+        (torch.zeros(4, 3), torch.zeros(3, 0), "values is empty"),
+        (torch.zeros(4, 3, dtype=torch.int64), torch.zeros(3, 2), "z must be float16, bfloat16, float32 or float64"),
+        (torch.zeros(4, 3), torch.zeros(3, 2, dtype=torch.int32), "values must be float16"),
+        (torch.tensor(1.0), torch.zeros(1, 2), "at least one dimension"),
+        (torch.zeros(4, 2), torch.tensor([[0.0, float("nan")], [0.0, 1.0]]), "NaN or Inf"),
+    ],
+)
+def test_bad_input_messages(z, values, message):
+    with pytest.raises(ValueError, match=message):
+        scalar_quantize(z, values)
