@@ -1,0 +1,71 @@
+"""Timing helpers for the benchmarks (DESIGN §9): medians of repeated runs after warm-up, ratios against
+a baseline timed in the same process, peak memory of a snippet measured in a fresh subprocess."""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable
+
+import torch
+
+
+def median_seconds(fn: Callable[[], object], warmup: int = 3, repeats: int = 15, min_time: float = 0.0) -> float:
+    """Median wall time of ``fn()`` over ``repeats`` runs after ``warmup`` runs (CUDA synchronized)."""
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    for _ in range(warmup):
+        fn()
+    sync()
+    times = []
+    start_all = time.perf_counter()
+    while len(times) < repeats or time.perf_counter() - start_all < min_time:
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def peak_rss_mib(setup: str, stmt: str) -> float:
+    """Peak resident memory (MiB) added by ``stmt`` after ``setup``, measured in a fresh Python process."""
+    code = textwrap.dedent(
+        f"""
+        import resource, torch
+        {setup}
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        {stmt}
+        after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        print((after - before) / 1024)
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def machine() -> str:
+    threads = torch.get_num_threads()
+    return f"{platform.processor() or platform.machine()}, {threads} torch threads, torch {torch.__version__}"
+
+
+def print_table(title: str, rows: list[dict[str, object]]) -> None:
+    """Print rows as an aligned text table (and as one JSON line for scripts)."""
+    if not rows:
+        return
+    cols = list(rows[0])
+    width = {c: max(len(c), *(len(_fmt(r[c])) for r in rows)) for c in cols}
+    print(f"\n{title}  [{machine()}]")
+    print("  ".join(c.ljust(width[c]) for c in cols))
+    for r in rows:
+        print("  ".join(_fmt(r[c]).ljust(width[c]) for c in cols))
+    print("JSON " + json.dumps({"title": title, "rows": rows}))
+
+
+def _fmt(v: object) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)

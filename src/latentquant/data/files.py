@@ -1,0 +1,328 @@
+"""Loaders for the real dataset files, behind the same ``GroundTruthDataset`` interface.
+
+- ``Shapes3DFile``: DeepMind's ``3dshapes.h5`` — HDF5 datasets ``images`` (N, 64, 64, 3) uint8 and
+  ``labels`` (N, 6) float. Read lazily with h5py (the file stays on disk; each process opens its own handle).
+- ``DSpritesFile``: ``dsprites_ndarray_co1sh3sc6or40x32y32_64x64.npz`` — ``imgs`` (N, 64, 64) uint8 of 0/1,
+  ``latents_classes`` (N, 6) int with a leading constant ``color`` column, optionally ``latents_values``.
+- ``MPI3DFile``: an MPI3D ``.npz`` (toy, realistic or real) — ``images`` (N, 64, 64, 3) uint8, no labels.
+
+The factor grid: for the two labelled files it is read from the labels (the sorted distinct values of
+each column), and the file must hold exactly one image per grid point in mixed-radix order (first factor
+slowest), which every label row is checked against. So the official files give the official grids, and a
+smaller file written in the same layout (tests, subsets) works too. MPI3D has no labels: its grid is the
+``factor_sizes`` argument (default: the official 6, 6, 2, 3, 3, 40, 40) and the image count must match it.
+
+Images in a ``.npz`` member stored without compression (``numpy.savez``, as the MPI3D files are) are
+memory-mapped; compressed members (the dSprites file) are loaded into memory (dSprites: 2.9 GB).
+Every problem with a file — missing, truncated or corrupt, wrong keys, shapes, dtypes, label order — raises
+``FileNotFoundError`` or ``ValueError`` naming the file and what was wrong.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+import os
+import zipfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+
+from latentquant.data import dsprites, shapes3d
+from latentquant.data.base import GroundTruthDataset
+
+MPI3D_FACTOR_NAMES = (
+    "object_color",
+    "object_shape",
+    "object_size",
+    "camera_height",
+    "background_color",
+    "horizontal_axis",
+    "vertical_axis",
+)
+MPI3D_FACTOR_SIZES = (6, 6, 2, 3, 3, 40, 40)
+_VALIDATE_ROWS = 4096  # images checked for their pixel range when a file is opened
+
+
+def _existing_file(path: str | os.PathLike[str], what: str) -> Path:
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise FileNotFoundError(f"{what} file not found: {p}")
+    if not p.is_file():
+        raise ValueError(f"{what} file {p} is not a regular file")
+    return p
+
+
+def _mixed_radix_grid(path: Path, classes: np.ndarray, names: Sequence[str]) -> tuple[int, ...]:
+    """Check that ``classes`` (N, F) holds every grid point once, in mixed-radix order; return the sizes."""
+    sizes = tuple(int(c.max()) + 1 if len(c) else 0 for c in classes.T)
+    n = math.prod(sizes)
+    if n != len(classes):
+        raise ValueError(
+            f"{path}: the labels span a grid of {dict(zip(names, sizes))} = {n} points but the file has "
+            f"{len(classes)} rows; expected one image per grid point"
+        )
+    strides = np.array([math.prod(sizes[i + 1 :]) for i in range(len(sizes))], dtype=np.int64)
+    expected = (np.arange(n, dtype=np.int64)[:, None] // strides) % np.array(sizes)
+    bad = np.nonzero((classes != expected).any(axis=1))[0]
+    if len(bad):
+        row = int(bad[0])
+        raise ValueError(
+            f"{path}: labels are not in mixed-radix order over {tuple(names)} (first factor slowest): "
+            f"row {row} has factor indices {classes[row].tolist()}, expected {expected[row].tolist()} "
+            f"({len(bad)} rows differ)"
+        )
+    return sizes
+
+
+def _check_array(
+    path: Path, key: str, actual: np.ndarray | h5py.Dataset, shape: tuple[int | None, ...], dtype: str
+) -> None:
+    """Check ``actual.shape`` against ``shape`` (None: any size) and its dtype ("uint8", "integer", "number")."""
+    got = tuple(actual.shape)
+    if len(got) != len(shape) or any(s is not None and s != g for s, g in zip(shape, got)):
+        want = "(" + ", ".join("N" if s is None else str(s) for s in shape) + ")"
+        raise ValueError(f"{path}: '{key}' has shape {got}, expected {want}")
+    kind = np.dtype(actual.dtype)
+    ok = {
+        "uint8": kind == np.uint8,
+        "integer": kind.kind in "iu",
+        "number": kind.kind in "iuf",
+    }[dtype]
+    if not ok:
+        raise ValueError(f"{path}: '{key}' has dtype {kind}, expected {dtype}")
+
+
+def _hwc_to_chw(images: np.ndarray, scale: float) -> torch.Tensor:
+    """uint8 (B, H, W[, C]) → float32 (B, C, H, W) divided by ``scale``."""
+    x = torch.from_numpy(np.ascontiguousarray(images))
+    if x.ndim == 3:
+        x = x[:, None]
+    else:
+        x = x.permute(0, 3, 1, 2)
+    return x.to(torch.float32).div_(scale).contiguous()
+
+
+# --------------------------------------------------------------------------------------------- npz
+def _open_npz(path: Path) -> zipfile.ZipFile:
+    """Open a .npz; small files (< 64 MiB) also get every member's CRC checked."""
+    try:
+        archive = zipfile.ZipFile(path)
+        bad = archive.testzip() if path.stat().st_size < 64 * 2**20 else None
+    except (zipfile.BadZipFile, OSError, EOFError) as err:
+        raise ValueError(f"{path}: not a readable .npz (zip) file — truncated or corrupt? ({err})") from err
+    if bad is not None:
+        raise ValueError(f"{path}: corrupt .npz: member '{bad}' fails its CRC check")
+    return archive
+
+
+def _npz_keys(archive: zipfile.ZipFile) -> list[str]:
+    return sorted(n[: -len(".npy")] for n in archive.namelist() if n.endswith(".npy"))
+
+
+def _npz_array(path: Path, archive: zipfile.ZipFile, key: str) -> np.ndarray:
+    """Member ``key`` of a .npz: memory-mapped when stored uncompressed, else read into memory."""
+    info = archive.getinfo(f"{key}.npy")
+    try:
+        mapped = _stored_memmap(path, info) if info.compress_type == zipfile.ZIP_STORED else None
+        if mapped is not None:
+            return mapped
+        with archive.open(info) as member:
+            return np.lib.format.read_array(member, allow_pickle=False)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
+        raise ValueError(f"{path}: member '{key}' is not a readable .npy array ({err})") from err
+
+
+def _stored_memmap(path: Path, info: zipfile.ZipInfo) -> np.memmap | None:
+    """Memory-map an uncompressed .npy zip member; None when its layout cannot be mapped (then read it)."""
+    with open(path, "rb") as raw:
+        raw.seek(info.header_offset)
+        local = raw.read(30)
+        if local[:4] != b"PK\x03\x04":
+            raise ValueError("bad zip local header signature")
+        start = info.header_offset + 30 + int.from_bytes(local[26:28], "little")
+        start += int.from_bytes(local[28:30], "little")
+        raw.seek(start)
+        version = np.lib.format.read_magic(raw)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(raw)
+        elif version == (2, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(raw)
+        else:
+            return None
+        offset = raw.tell()
+    if dtype.hasobject or fortran:
+        return None
+    if offset + dtype.itemsize * math.prod(shape) > start + info.file_size:
+        raise ValueError("array data runs past the end of its zip member (truncated)")
+    return np.memmap(path, dtype=dtype, mode="r", shape=shape, offset=offset)
+
+
+def _require_keys(path: Path, keys: list[str], required: Sequence[str], dataset: str) -> None:
+    missing = [k for k in required if k not in keys]
+    if missing:
+        hint = ""
+        if "images" in keys and "imgs" in missing:
+            hint = " (this looks like an MPI3D file)"
+        elif "imgs" in keys and "images" in missing:
+            hint = " (this looks like a dSprites file)"
+        raise ValueError(
+            f"{path}: not a {dataset} file: missing {missing}, found keys {keys}; "
+            f"expected {list(required)}{hint}"
+        )
+
+
+# --------------------------------------------------------------------------------------------- datasets
+class _FileDataset(GroundTruthDataset):
+    """A ground-truth dataset whose images are read from an array-like ``(N, H, W[, C])`` uint8."""
+
+    _pixel_scale = 255.0
+
+    @abc.abstractmethod
+    def _images(self) -> np.ndarray | h5py.Dataset:
+        """The image array (N, H, W[, C]) uint8, indexable with increasing integer arrays."""
+
+    def _render(self, factors: torch.Tensor) -> torch.Tensor:
+        index = self.factors_to_index(factors).numpy()
+        unique, inverse = np.unique(index, return_inverse=True)  # h5py reads increasing indices
+        images = np.asarray(self._images()[unique])
+        return _hwc_to_chw(images, self._pixel_scale)[torch.from_numpy(inverse)]
+
+
+class Shapes3DFile(_FileDataset):
+    """The real 3D Shapes file (``3dshapes.h5``), read lazily.
+
+    Args:
+        path: the HDF5 file, with ``images`` (N, H, W, 3) uint8 and ``labels`` (N, 6) float, N = the
+            product of the factor sizes found in the labels (480,000 in the official file).
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not HDF5 (truncated or corrupt), missing datasets, wrong shape or dtype, labels not in
+            mixed-radix order.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = _existing_file(path, "3dshapes")
+        with self._open() as f:
+            keys = sorted(f.keys())
+            if "images" not in keys or "labels" not in keys:
+                raise ValueError(
+                    f"{self.path}: not a 3dshapes file: found datasets {keys}, expected 'images' and 'labels'"
+                )
+            images, labels = f["images"], f["labels"]
+            _check_array(self.path, "images", images, (None, None, None, 3), "uint8")
+            _check_array(self.path, "labels", labels, (len(images), 6), "number")
+            try:
+                values = np.asarray(labels[...], dtype=np.float64)
+            except OSError as err:
+                raise ValueError(
+                    f"{self.path}: cannot read 'labels' — truncated or corrupt? ({err})"
+                ) from err
+            image_shape = (3, *images.shape[1:3])
+        uniques, classes = zip(*(np.unique(col, return_inverse=True) for col in values.T))
+        sizes = _mixed_radix_grid(self.path, np.stack(classes, axis=1), shapes3d.FACTOR_NAMES)
+        super().__init__("shapes3d", shapes3d.FACTOR_NAMES, sizes, uniques, image_shape)
+        self._handle: tuple[int, h5py.File] | None = None
+
+    def _open(self) -> h5py.File:
+        try:
+            return h5py.File(self.path, "r")
+        except OSError as err:
+            raise ValueError(
+                f"{self.path}: not a readable HDF5 file — truncated or corrupt? ({err})"
+            ) from err
+
+    def _images(self) -> h5py.Dataset:
+        # one handle per process: DataLoader workers must not share the parent's HDF5 handle
+        if self._handle is None or self._handle[0] != os.getpid():
+            self._handle = (os.getpid(), self._open())
+        return self._handle[1]["images"]
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_handle"] = None
+        return state
+
+
+class DSpritesFile(_FileDataset):
+    """The real dSprites file (``dsprites_ndarray_co1sh3sc6or40x32y32_64x64.npz``).
+
+    Args:
+        path: the ``.npz`` with ``imgs`` (N, H, W) uint8 of 0/1 pixels and ``latents_classes`` (N, 6) int
+            (a constant ``color`` column, then shape, scale, orientation, pos_x, pos_y).
+    Raises:
+        FileNotFoundError, ValueError: as ``Shapes3DFile``, and for pixels outside {0, 1}.
+    """
+
+    _pixel_scale = 1.0
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = _existing_file(path, "dSprites")
+        with _open_npz(self.path) as archive:
+            keys = _npz_keys(archive)
+            _require_keys(self.path, keys, ("imgs", "latents_classes"), "dSprites")
+            classes = _npz_array(self.path, archive, "latents_classes")
+            _check_array(self.path, "latents_classes", classes, (None, 6), "integer")
+            imgs = _npz_array(self.path, archive, "imgs")
+            _check_array(self.path, "imgs", imgs, (len(classes), None, None), "uint8")
+            values = _npz_array(self.path, archive, "latents_values") if "latents_values" in keys else None
+        classes = np.asarray(classes, dtype=np.int64)
+        if len(classes) and (classes[:, 0] != classes[0, 0]).any():
+            raise ValueError(f"{self.path}: 'latents_classes' column 0 (color) should be constant")
+        if len(classes) and classes.min() < 0:
+            raise ValueError(f"{self.path}: 'latents_classes' has negative entries")
+        top = int(np.asarray(imgs[:_VALIDATE_ROWS]).max(initial=0))
+        if top > 1:
+            raise ValueError(f"{self.path}: 'imgs' should hold 0/1 pixels, found the value {top}")
+        sizes = _mixed_radix_grid(self.path, classes[:, 1:], dsprites.FACTOR_NAMES)
+        if values is not None:
+            _check_array(self.path, "latents_values", values, (len(classes), 6), "number")
+            strides = [math.prod(sizes[i + 1 :]) for i in range(len(sizes))]
+            factor_values = [
+                values[np.arange(s) * st, i + 1] for i, (s, st) in enumerate(zip(sizes, strides))
+            ]
+        else:
+            factor_values = [np.arange(s, dtype=np.float64) for s in sizes]
+        super().__init__("dsprites", dsprites.FACTOR_NAMES, sizes, factor_values, (1, *imgs.shape[1:]))
+        self._imgs = imgs
+
+    def _images(self) -> np.ndarray:
+        return self._imgs
+
+
+class MPI3DFile(_FileDataset):
+    """An MPI3D ``.npz`` (``images`` (N, H, W, 3) uint8, N = product of ``factor_sizes``), memory-mapped.
+
+    Args:
+        path: the ``.npz`` file.
+        factor_sizes: the grid, in the order of ``MPI3D_FACTOR_NAMES``; default the official
+            (6, 6, 2, 3, 3, 40, 40) = 1,036,800 images.
+    """
+
+    def __init__(
+        self, path: str | os.PathLike[str], factor_sizes: Sequence[int] = MPI3D_FACTOR_SIZES
+    ) -> None:
+        self.path = _existing_file(path, "MPI3D")
+        if len(factor_sizes) != len(MPI3D_FACTOR_NAMES):
+            raise ValueError(
+                f"factor_sizes: expected {len(MPI3D_FACTOR_NAMES)} sizes for {MPI3D_FACTOR_NAMES}, "
+                f"got {tuple(factor_sizes)}"
+            )
+        with _open_npz(self.path) as archive:
+            _require_keys(self.path, _npz_keys(archive), ("images",), "MPI3D")
+            images = _npz_array(self.path, archive, "images")
+        _check_array(self.path, "images", images, (None, None, None, 3), "uint8")
+        if len(images) != math.prod(factor_sizes):
+            raise ValueError(
+                f"{self.path}: has {len(images)} images, expected {math.prod(factor_sizes)} = product of "
+                f"factor_sizes {dict(zip(MPI3D_FACTOR_NAMES, factor_sizes))} (pass factor_sizes for a subset)"
+            )
+        values = [np.arange(s, dtype=np.float64) for s in factor_sizes]
+        super().__init__("mpi3d", MPI3D_FACTOR_NAMES, factor_sizes, values, (3, *images.shape[1:3]))
+        self._images_array = images
+
+    def _images(self) -> np.ndarray:
+        return self._images_array
