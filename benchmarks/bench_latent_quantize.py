@@ -19,7 +19,8 @@ BYTES_PER_ELEMENT = 36
 def _fwd_bwd(fn, z, values, upstream):
     def run():
         z_hat, _, loss = fn(z, values, 0.01, 0.01)
-        torch.autograd.backward([z_hat, loss], [upstream, torch.ones_like(loss)])
+        # autograd.grad, not backward: no .grad accumulation pass is timed
+        torch.autograd.grad([z_hat, loss], [z, values], [upstream, torch.ones_like(loss)])
 
     return run
 
@@ -51,10 +52,12 @@ def measure_vqpytorch(n: int = 65_536, d: int = 6, k: int = 10) -> dict[str, flo
     upstream = torch.randn(n, d, generator=g)
     theirs_layer = LatentQuantize(levels=[k] * d, dim=d, commitment_loss_weight=0.01, quantization_loss_weight=0.01)
 
+    their_values = [p for p in theirs_layer.parameters() if p.requires_grad]
+
     def theirs():
-        # their layer wants (batch, seq, dim)
-        out, _, loss = theirs_layer(z.view(n, 1, d))
-        torch.autograd.backward([out, loss], [upstream.view(n, 1, d), torch.ones_like(loss)])
+        # their layer takes (batch, dim, ...) and returns (quantized, indices, loss)
+        out, _, loss = theirs_layer(z)
+        torch.autograd.grad([out, loss], [z, *their_values], [upstream, torch.ones_like(loss)], allow_unused=True)
 
     ours = median_seconds(_fwd_bwd(latent_quantize, z, values, upstream))
     return {"ours_ms": ours * 1e3, "vqpytorch_ms": median_seconds(theirs, repeats=7) * 1e3}

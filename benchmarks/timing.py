@@ -32,16 +32,24 @@ def median_seconds(fn: Callable[[], object], warmup: int = 3, repeats: int = 15,
 
 
 def peak_rss_mib(setup: str, stmt: str) -> float:
-    """Peak resident memory (MiB) added by ``stmt`` after ``setup``, measured in a fresh Python process."""
-    code = textwrap.dedent(
-        f"""
-        import resource, torch
-        {setup}
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        {stmt}
-        after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        print((after - before) / 1024)
-        """
+    """Peak resident memory (MiB) that ``stmt`` adds after ``setup``, measured in a fresh Python process.
+
+    Linux only: the peak (VmHWM) is reset to the current resident size (writing 5 to /proc/self/clear_refs)
+    after ``setup``, so the transient peak of importing torch does not hide the statement's own.
+    """
+    code = "\n".join(
+        [
+            "import torch",
+            textwrap.dedent(setup),
+            "def _status(key):",
+            "    for line in open('/proc/self/status'):",
+            "        if line.startswith(key):",
+            "            return int(line.split()[1])",
+            "open('/proc/self/clear_refs', 'w').write('5')",
+            "before = _status('VmRSS:')",
+            textwrap.dedent(stmt),
+            "print((_status('VmHWM:') - before) / 1024)",
+        ]
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])

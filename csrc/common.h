@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <limits>
 
 namespace latentquant {
 
@@ -108,19 +109,73 @@ inline void check_scalar_codebook(const at::Tensor& z, const at::Tensor& values,
 
 namespace latentquant {
 
-// Index of the value nearest to x among v[0..K), ties to the lowest index.
-template <typename acc_t>
-inline int64_t nearest_scalar(acc_t x, const acc_t* v, int64_t K) {
-  int64_t best = 0;
-  acc_t best_d = std::abs(x - v[0]);
-  for (int64_t k = 1; k < K; ++k) {
-    const acc_t d = std::abs(x - v[k]);
-    if (d < best_d) {
-      best_d = d;
-      best = k;
+// Nearest scalar codebook values for the rows [n0, n1) of z (N, D), ties to the lowest index.
+//
+// The rows are walked in blocks of R whole rows (the same R for every block), so element j of a block
+// belongs to dimension j % D. `table` (K, R * D) holds values[d, k] at [k][r * D + d] for every r:
+// the inner loops then run over contiguous memory with no gathers and vectorize (distance, compare,
+// select), which a per-element scan with a data-dependent branch does not. Writes z_q and indices;
+// adds sum((z - z_q)^2) to `sq` (when kLoss, in fixed order per block) and sets `bad` on NaN/Inf.
+template <bool kLoss, typename scalar_t, typename acc_t>
+inline void quantize_rows(const scalar_t* z, const acc_t* table, int64_t D, int64_t K, int64_t R, int64_t n0,
+                          int64_t n1, scalar_t* z_q, int64_t* indices, double& sq, bool& bad) {
+  constexpr int64_t kMax = 4096;  // the block length R * D never exceeds this (see scalar_table)
+  acc_t x[kMax], best_d[kMax], lane_sq[kMax];
+  int32_t best[kMax];
+  const acc_t big = std::numeric_limits<acc_t>::max();
+  int finite = 1;
+  for (int64_t r0 = n0; r0 < n1; r0 += R) {
+    const int64_t w = std::min(R, n1 - r0) * D;
+    const int64_t stride = R * D;
+    const scalar_t* zb = z + r0 * D;
+    for (int64_t j = 0; j < w; ++j) {
+      x[j] = static_cast<acc_t>(zb[j]);
+      finite &= static_cast<int>(std::abs(x[j]) <= big);
+      best_d[j] = std::abs(x[j] - table[j]);
+      best[j] = 0;
+    }
+    for (int64_t k = 1; k < K; ++k) {
+      const acc_t* tk = table + k * stride;
+      const int32_t kk = static_cast<int32_t>(k);
+      // Written as min + bit-mask select: gcc vectorizes this form, not the equivalent ternaries.
+      for (int64_t j = 0; j < w; ++j) {
+        const acc_t d = std::abs(x[j] - tk[j]);
+        const int32_t closer = -static_cast<int32_t>(d < best_d[j]);  // all ones when strictly closer
+        best_d[j] = std::min(d, best_d[j]);
+        best[j] = (kk & closer) | (best[j] & ~closer);
+      }
+    }
+    scalar_t* qb = z_q + r0 * D;
+    int64_t* ib = indices + r0 * D;
+    for (int64_t j = 0; j < w; ++j) {
+      const acc_t v = table[best[j] * stride + j];
+      qb[j] = static_cast<scalar_t>(v);
+      ib[j] = best[j];
+      if constexpr (kLoss) lane_sq[j] = (x[j] - v) * (x[j] - v);
+    }
+    if constexpr (kLoss) {
+      acc_t block = 0;
+      for (int64_t j = 0; j < w; ++j) block += lane_sq[j];
+      sq += static_cast<double>(block);
     }
   }
-  return best;
+  if (!finite) bad = true;
+}
+
+// The (K, R * D) table quantize_rows reads, built from values (D, K) in the compute dtype, with
+// R = max(1, 256 / D) rows per block (a block of about 256 elements stays in L1).
+struct ScalarTable {
+  at::Tensor table;
+  int64_t rows_per_block;
+};
+
+inline ScalarTable scalar_table(const at::Tensor& values, const char* op) {
+  const int64_t D = values.size(0), K = values.size(1);
+  TORCH_CHECK_VALUE(D <= 4096, op, ": at most 4096 latent dimensions per call are supported, got ", D,
+                    " (split the latents into several calls)");
+  const int64_t rows = std::max<int64_t>(1, 256 / std::max<int64_t>(1, D));
+  auto table = values.t().unsqueeze(1).expand({K, rows, D}).contiguous().view({K, rows * D});
+  return {table, rows};
 }
 
 inline void check_values_finite(const at::Tensor& values, const char* op, const char* name) {

@@ -13,25 +13,12 @@ namespace {
 constexpr const char* kOp = "latent_quantize";
 
 template <typename scalar_t, typename acc_t>
-double latent_quantize_fwd_kernel(const scalar_t* z, const acc_t* values, int64_t N, int64_t D, int64_t K,
-                                  bool check_finite, scalar_t* z_hat, int64_t* indices, std::atomic<bool>& bad) {
+double latent_quantize_fwd_kernel(const scalar_t* z, const ScalarTable& t, int64_t N, int64_t D, int64_t K,
+                                  scalar_t* z_hat, int64_t* indices, std::atomic<bool>& bad) {
+  const acc_t* table = t.table.const_data_ptr<acc_t>();
   auto sum = chunked_row_reduce(N, 1, [&](int64_t n0, int64_t n1, double* acc) {
     bool local_bad = false;
-    acc_t local = 0;
-    for (int64_t n = n0; n < n1; ++n) {
-      for (int64_t d = 0; d < D; ++d) {
-        const int64_t i = n * D + d;
-        const acc_t x = static_cast<acc_t>(z[i]);
-        if (check_finite && !std::isfinite(x)) local_bad = true;
-        const acc_t* v = values + d * K;
-        const int64_t k = nearest_scalar(x, v, K);
-        indices[i] = k;
-        z_hat[i] = static_cast<scalar_t>(v[k]);
-        const acc_t diff = x - v[k];
-        local += diff * diff;
-      }
-    }
-    acc[0] += static_cast<double>(local);
+    quantize_rows<true>(z, table, D, K, t.rows_per_block, n0, n1, z_hat, indices, acc[0], local_bad);
     if (local_bad) bad.store(true, std::memory_order_relaxed);
   });
   return sum.template item<double>();
@@ -49,21 +36,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> latent_quantize_cpu(const at::Ten
   auto z_hat = at::empty_like(z);
   auto indices = at::empty(z.sizes(), z.options().dtype(at::kLong));
   if (z.numel() == 0) return {z_hat, indices, at::zeros({}, z.options().dtype(ct))};
+  const auto table = scalar_table(values, kOp);
   std::atomic<bool> bad{false};
   double sq = 0.0;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), kOp, [&] {
-    using acc_type = acc_t<scalar_t>;
     if (ct == at::kDouble) {
-      sq = latent_quantize_fwd_kernel<scalar_t, double>(z.const_data_ptr<scalar_t>(), values.const_data_ptr<double>(),
-                                                        N, D, K, check_finite, z_hat.mutable_data_ptr<scalar_t>(),
+      sq = latent_quantize_fwd_kernel<scalar_t, double>(z.const_data_ptr<scalar_t>(), table, N, D, K,
+                                                        z_hat.mutable_data_ptr<scalar_t>(),
                                                         indices.mutable_data_ptr<int64_t>(), bad);
     } else {
-      sq = latent_quantize_fwd_kernel<scalar_t, acc_type>(
-          z.const_data_ptr<scalar_t>(), values.const_data_ptr<acc_type>(), N, D, K, check_finite,
-          z_hat.mutable_data_ptr<scalar_t>(), indices.mutable_data_ptr<int64_t>(), bad);
+      sq = latent_quantize_fwd_kernel<scalar_t, float>(z.const_data_ptr<scalar_t>(), table, N, D, K,
+                                                       z_hat.mutable_data_ptr<scalar_t>(),
+                                                       indices.mutable_data_ptr<int64_t>(), bad);
     }
   });
-  if (bad.load()) raise_not_finite(kOp);
+  if (check_finite && bad.load()) raise_not_finite(kOp);
   const double loss = (quantization_weight + commitment_weight) * sq / static_cast<double>(z.numel());
   return {z_hat, indices, at::scalar_tensor(loss, z.options().dtype(ct))};
 }

@@ -10,21 +10,13 @@ namespace {
 constexpr const char* kOp = "scalar_quantize";
 
 template <typename scalar_t, typename acc_t>
-void scalar_quantize_fwd_kernel(const scalar_t* z, const acc_t* values, int64_t N, int64_t D, int64_t K,
-                                bool check_finite, scalar_t* z_q, int64_t* indices, std::atomic<bool>& bad) {
+void scalar_quantize_fwd_kernel(const scalar_t* z, const ScalarTable& t, int64_t N, int64_t D, int64_t K,
+                                scalar_t* z_q, int64_t* indices, std::atomic<bool>& bad) {
+  const acc_t* table = t.table.const_data_ptr<acc_t>();
   at::parallel_for(0, N, std::max<int64_t>(1, 16384 / std::max<int64_t>(1, D * K)), [&](int64_t n0, int64_t n1) {
+    double unused = 0.0;
     bool local_bad = false;
-    for (int64_t n = n0; n < n1; ++n) {
-      for (int64_t d = 0; d < D; ++d) {
-        const int64_t i = n * D + d;
-        const acc_t x = static_cast<acc_t>(z[i]);
-        if (check_finite && !std::isfinite(x)) local_bad = true;
-        const acc_t* v = values + d * K;
-        const int64_t k = nearest_scalar(x, v, K);
-        indices[i] = k;
-        z_q[i] = static_cast<scalar_t>(v[k]);
-      }
-    }
+    quantize_rows<false>(z, table, D, K, t.rows_per_block, n0, n1, z_q, indices, unused, local_bad);
     if (local_bad) bad.store(true, std::memory_order_relaxed);
   });
 }
@@ -39,20 +31,20 @@ std::tuple<at::Tensor, at::Tensor> scalar_quantize_cpu(const at::Tensor& z_in, c
   auto z_q = at::empty_like(z);
   auto indices = at::empty(z.sizes(), z.options().dtype(at::kLong));
   if (z.numel() == 0) return {z_q, indices};
+  const auto table = scalar_table(values, kOp);
   std::atomic<bool> bad{false};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), kOp, [&] {
-    using acc_type = acc_t<scalar_t>;
     if (values.scalar_type() == at::kDouble) {
-      scalar_quantize_fwd_kernel<scalar_t, double>(z.const_data_ptr<scalar_t>(), values.const_data_ptr<double>(),
-                                                   N, D, K, check_finite, z_q.mutable_data_ptr<scalar_t>(),
+      scalar_quantize_fwd_kernel<scalar_t, double>(z.const_data_ptr<scalar_t>(), table, N, D, K,
+                                                   z_q.mutable_data_ptr<scalar_t>(),
                                                    indices.mutable_data_ptr<int64_t>(), bad);
     } else {
-      scalar_quantize_fwd_kernel<scalar_t, acc_type>(
-          z.const_data_ptr<scalar_t>(), values.const_data_ptr<acc_type>(), N, D, K, check_finite,
-          z_q.mutable_data_ptr<scalar_t>(), indices.mutable_data_ptr<int64_t>(), bad);
+      scalar_quantize_fwd_kernel<scalar_t, float>(z.const_data_ptr<scalar_t>(), table, N, D, K,
+                                                  z_q.mutable_data_ptr<scalar_t>(),
+                                                  indices.mutable_data_ptr<int64_t>(), bad);
     }
   });
-  if (bad.load()) raise_not_finite(kOp);
+  if (check_finite && bad.load()) raise_not_finite(kOp);
   return {z_q, indices};
 }
 
