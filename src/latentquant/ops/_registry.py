@@ -54,6 +54,9 @@ def triton_available() -> bool:
     return importlib.util.find_spec("triton") is not None
 
 
+# Forward ops listed by backend_info(); each op module adds its own on import.
+PUBLIC_OPS: list[str] = []
+
 _LIB = torch.library.Library(NAMESPACE, "IMPL") if HAVE_C else None
 _TRITON_OPS: set[str] = set()
 
@@ -68,23 +71,34 @@ def register_triton_cuda(op: str, fn: Callable) -> None:
         _TRITON_OPS.add(op)
 
 
+def register_triton_module(name: str) -> None:
+    """Register ``latentquant.triton_kernels.<name>.KERNELS`` ({op: fn}) as CUDA kernels where
+    :func:`register_triton_cuda` says so. Skipped without a CUDA device, so CPU-only imports stay light."""
+    if _LIB is None or not triton_available() or not torch.cuda.is_available():
+        return
+    module = importlib.import_module(f"latentquant.triton_kernels.{name}")
+    for op, fn in module.KERNELS.items():
+        register_triton_cuda(op, fn)
+
+
 def backend_info() -> dict[str, object]:
     """Which kernels are compiled and live.
 
     Returns:
         ``{"extension": bool, "extension_error": str | None, "gpu_backend": "cuda" | "triton",
         "cuda_available": bool, "triton_installed": bool, "ops": {op: {"cpu": kernel, "cuda": kernel}}}``
-        where a kernel is ``"c++"``, ``"cuda"``, ``"triton"`` or ``"reference"``.
+        where a kernel is ``"c++"``, ``"cuda"``, ``"triton"``, ``"reference"`` (the extension is missing and
+        the plain-PyTorch oracle runs) or ``"none"`` (no kernel for CUDA tensors in this build).
     """
     ops = {}
-    for op in ("scalar_quantize", "latent_quantize", "vector_quantize"):
+    for op in PUBLIC_OPS:
         cpu = "c++" if has_kernel(op, "CPU") else "reference"
         if op in _TRITON_OPS:
             cuda = "triton"
         elif has_kernel(op, "CUDA"):
             cuda = "cuda"
         else:
-            cuda = "reference"
+            cuda = "reference" if not HAVE_C else "none"
         ops[op] = {"cpu": cpu, "cuda": cuda}
     return {
         "extension": HAVE_C,

@@ -61,6 +61,10 @@ if _registry.HAVE_C:
     )
 
 
+_registry.PUBLIC_OPS.append(_OP)
+_registry.register_triton_module(_OP)
+
+
 def latent_quantize(
     z: torch.Tensor,
     values: torch.Tensor,

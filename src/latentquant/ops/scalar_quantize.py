@@ -49,6 +49,10 @@ if _registry.HAVE_C:
     )
 
 
+_registry.PUBLIC_OPS.append(_OP)
+_registry.register_triton_module(_OP)
+
+
 def scalar_quantize(
     z: torch.Tensor, values: torch.Tensor, *, check_finite: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
