@@ -50,14 +50,18 @@ def measure_vqpytorch(n: int = 65_536, d: int = 6, k: int = 10) -> dict[str, flo
     z = torch.randn(n, d, generator=g).requires_grad_()
     values = torch.linspace(-0.5, 0.5, k).repeat(d, 1).requires_grad_()
     upstream = torch.randn(n, d, generator=g)
-    theirs_layer = LatentQuantize(levels=[k] * d, dim=d, commitment_loss_weight=0.01, quantization_loss_weight=0.01)
+    theirs_layer = LatentQuantize(
+        levels=[k] * d, dim=d, commitment_loss_weight=0.01, quantization_loss_weight=0.01
+    )
 
     their_values = [p for p in theirs_layer.parameters() if p.requires_grad]
 
     def theirs():
         # their layer takes (batch, dim, ...) and returns (quantized, indices, loss)
         out, _, loss = theirs_layer(z)
-        torch.autograd.grad([out, loss], [z, *their_values], [upstream, torch.ones_like(loss)], allow_unused=True)
+        torch.autograd.grad(
+            [out, loss], [z, *their_values], [upstream, torch.ones_like(loss)], allow_unused=True
+        )
 
     ours = median_seconds(_fwd_bwd(latent_quantize, z, values, upstream))
     return {"ours_ms": ours * 1e3, "vqpytorch_ms": median_seconds(theirs, repeats=7) * 1e3}
@@ -66,11 +70,24 @@ def measure_vqpytorch(n: int = 65_536, d: int = 6, k: int = 10) -> dict[str, flo
 def test_latent_quantize_cpu():
     r = measure()
     rows = [
-        {"impl": "latentquant (C++)", "ms": r["ours_ms"], "x vs naive": r["naive_ms"] / r["ours_ms"],
-         "x of copy floor": r["ours_ms"] / r["copy_floor_ms"]},
-        {"impl": "naive PyTorch", "ms": r["naive_ms"], "x vs naive": 1.0, "x of copy floor": r["naive_ms"] / r["copy_floor_ms"]},
-        {"impl": "copy same bytes", "ms": r["copy_floor_ms"], "x vs naive": r["naive_ms"] / r["copy_floor_ms"],
-         "x of copy floor": 1.0},
+        {
+            "impl": "latentquant (C++)",
+            "ms": r["ours_ms"],
+            "x vs naive": r["naive_ms"] / r["ours_ms"],
+            "x of copy floor": r["ours_ms"] / r["copy_floor_ms"],
+        },
+        {
+            "impl": "naive PyTorch",
+            "ms": r["naive_ms"],
+            "x vs naive": 1.0,
+            "x of copy floor": r["naive_ms"] / r["copy_floor_ms"],
+        },
+        {
+            "impl": "copy same bytes",
+            "ms": r["copy_floor_ms"],
+            "x vs naive": r["naive_ms"] / r["copy_floor_ms"],
+            "x of copy floor": 1.0,
+        },
     ]
     print_table("latent_quantize fwd+bwd, 262144 x 12 latents x 10 values, float32", rows)
     assert r["naive_ms"] / r["ours_ms"] >= 10, "target: >= 10x faster than the naive composition"

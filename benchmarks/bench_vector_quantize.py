@@ -29,7 +29,12 @@ def test_vector_quantize_cpu():
     assert torch.equal(vector_quantize(z, codebook)[1], torch.cdist(z, codebook).argmin(1))
     mem_ours, mem_cdist = peak_rss_mib(SETUP, OURS), peak_rss_mib(SETUP, CDIST)
     rows = [
-        {"impl": "latentquant (C++, tiled GEMM)", "ms": ours * 1e3, "speedup": cdist / ours, "peak MiB": mem_ours},
+        {
+            "impl": "latentquant (C++, tiled GEMM)",
+            "ms": ours * 1e3,
+            "speedup": cdist / ours,
+            "peak MiB": mem_ours,
+        },
         {"impl": "torch.cdist + argmin", "ms": cdist * 1e3, "speedup": 1.0, "peak MiB": mem_cdist},
     ]
     print_table(f"vector_quantize forward, {N} x {C} against {K} codes, float32", rows)

@@ -15,7 +15,9 @@ from collections.abc import Callable
 import torch
 
 
-def median_seconds(fn: Callable[[], object], warmup: int = 3, repeats: int = 15, min_time: float = 0.0) -> float:
+def median_seconds(
+    fn: Callable[[], object], warmup: int = 3, repeats: int = 15, min_time: float = 0.0
+) -> float:
     """Median wall time of ``fn()`` over ``repeats`` runs after ``warmup`` runs (CUDA synchronized)."""
     sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
     for _ in range(warmup):

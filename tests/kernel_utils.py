@@ -50,5 +50,9 @@ def random_codebook(d: int, k: int, dtype: torch.dtype, generator: torch.Generat
     """(d, k) per-dimension values, unsorted, distinct within each row."""
     base = torch.linspace(-1.0, 1.0, k, dtype=torch.float64).expand(d, k)
     jitter = torch.rand(d, k, generator=generator, dtype=torch.float64) * (1.5 / max(k, 1))
-    perm = torch.stack([torch.randperm(k, generator=generator) for _ in range(d)]) if d else torch.zeros(0, k).long()
+    perm = (
+        torch.stack([torch.randperm(k, generator=generator) for _ in range(d)])
+        if d
+        else torch.zeros(0, k).long()
+    )
     return (base + jitter).gather(1, perm).to(dtype)

@@ -110,8 +110,15 @@ def test_opcheck():
     values = random_codebook(3, 5, torch.float64, g).requires_grad_()
     torch.library.opcheck(torch.ops.latentquant.latent_quantize.default, (z, values, 0.1, 0.2, True))
     _, idx, _ = latent_quantize(z, values)
-    args = (torch.randn(16, 3, dtype=torch.float64), torch.tensor(1.5, dtype=torch.float64), z.detach(),
-            values.detach(), idx, 0.1, 0.2)
+    args = (
+        torch.randn(16, 3, dtype=torch.float64),
+        torch.tensor(1.5, dtype=torch.float64),
+        z.detach(),
+        values.detach(),
+        idx,
+        0.1,
+        0.2,
+    )
     torch.library.opcheck(torch.ops.latentquant.latent_quantize_backward.default, args)
 
 

@@ -146,7 +146,9 @@ def test_vector_quantizer_ema_moves_codes_to_cluster_means():
     z = torch.cat([torch.tensor([[2.0, 1.0]]).expand(50, 2), torch.tensor([[-2.0, -1.0]]).expand(50, 2)])
     for _ in range(30):
         vq(z)
-    torch.testing.assert_close(vq.codebook.detach(), torch.tensor([[2.0, 1.0], [-2.0, -1.0]]), atol=1e-3, rtol=1e-3)
+    torch.testing.assert_close(
+        vq.codebook.detach(), torch.tensor([[2.0, 1.0], [-2.0, -1.0]]), atol=1e-3, rtol=1e-3
+    )
     assert vq.codebook_parameters() == []
 
 

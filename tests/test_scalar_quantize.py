@@ -100,7 +100,9 @@ def test_opcheck():
     values = random_codebook(3, 5, torch.float64, g).requires_grad_()
     torch.library.opcheck(torch.ops.latentquant.scalar_quantize.default, (z, values, True))
     idx = scalar_quantize(z, values)[1].reshape(16, 3)
-    torch.library.opcheck(torch.ops.latentquant.scalar_quantize_backward.default, (torch.randn_like(z), idx, values))
+    torch.library.opcheck(
+        torch.ops.latentquant.scalar_quantize_backward.default, (torch.randn_like(z), idx, values)
+    )
 
 
 def test_torch_compile_fullgraph():
@@ -141,7 +143,11 @@ def test_non_finite_z_raises(bad):
         (torch.zeros(4, 3), torch.zeros(2, 5), r"values must have shape \(D, K\) with D = z.shape\[-1\] = 3"),
         (torch.zeros(4, 3), torch.zeros(3), "values must be 2-D"),
         (torch.zeros(4, 3), torch.zeros(3, 0), "values is empty"),
-        (torch.zeros(4, 3, dtype=torch.int64), torch.zeros(3, 2), "z must be float16, bfloat16, float32 or float64"),
+        (
+            torch.zeros(4, 3, dtype=torch.int64),
+            torch.zeros(3, 2),
+            "z must be float16, bfloat16, float32 or float64",
+        ),
         (torch.zeros(4, 3), torch.zeros(3, 2, dtype=torch.int32), "values must be float16"),
         (torch.tensor(1.0), torch.zeros(1, 2), "at least one dimension"),
         (torch.zeros(4, 2), torch.tensor([[0.0, float("nan")], [0.0, 1.0]]), "NaN or Inf"),

@@ -23,7 +23,9 @@ def test_matches_reference(shape, dtype, k):
     with poisoned_allocations():
         z_q, idx = vector_quantize(z, codebook)
     z_q_ref, idx_ref = vector_quantize_ref(z, codebook)
-    assert z_q.shape == z.shape and idx.shape == z.shape[:-1] and idx.dtype == torch.int64 and z_q.dtype == dtype
+    assert (
+        z_q.shape == z.shape and idx.shape == z.shape[:-1] and idx.dtype == torch.int64 and z_q.dtype == dtype
+    )
     # The kernel ranks codes by ||c||^2 - 2 z.c; where it disagrees with the exact formula the two codes
     # must be equally near up to that expansion's rounding.
     dist = _exact_distances(z, codebook)
@@ -35,7 +37,9 @@ def test_matches_reference(shape, dtype, k):
         assert bool(((chosen - best) <= eps).all())
         agree = flat_idx == flat_ref
         assert agree.float().mean() > 0.99
-        torch.testing.assert_close(z_q.reshape(-1, shape[-1])[agree], z_q_ref.reshape(-1, shape[-1])[agree], rtol=0, atol=0)
+        torch.testing.assert_close(
+            z_q.reshape(-1, shape[-1])[agree], z_q_ref.reshape(-1, shape[-1])[agree], rtol=0, atol=0
+        )
 
 
 def test_duplicate_codes_go_to_lowest_index():
@@ -80,7 +84,9 @@ def test_opcheck_and_compile():
     codebook = torch.randn(5, 3, generator=g, dtype=torch.float64, requires_grad=True)
     torch.library.opcheck(torch.ops.latentquant.vector_quantize.default, (z, codebook, True))
     idx = vector_quantize(z, codebook)[1]
-    torch.library.opcheck(torch.ops.latentquant.vector_quantize_backward.default, (torch.randn_like(z), idx, codebook))
+    torch.library.opcheck(
+        torch.ops.latentquant.vector_quantize_backward.default, (torch.randn_like(z), idx, codebook)
+    )
 
     def f(z, c):
         z_q, idx = vector_quantize(z, c)

@@ -42,7 +42,10 @@ class _ScalarCodebookQuantizer(nn.Module, abc.ABC):
         check_finite: bool,
     ) -> None:
         super().__init__()
-        for name, w in (("quantization_weight", quantization_weight), ("commitment_weight", commitment_weight)):
+        for name, w in (
+            ("quantization_weight", quantization_weight),
+            ("commitment_weight", commitment_weight),
+        ):
             if not w >= 0:
                 raise ValueError(f"{type(self).__name__}: {name} must be >= 0, got {w}")
         self.quantization_weight = float(quantization_weight)
@@ -101,11 +104,17 @@ class _ScalarCodebookQuantizer(nn.Module, abc.ABC):
         num_values = codebook.shape[1]
         flat = raw + torch.arange(self.num_latents, device=raw.device) * num_values
         indices = self._ranks(codebook).flatten()[flat]
-        return from_channel_last(z_hat, self.channel_first), from_channel_last(indices, self.channel_first), aux_loss
+        return (
+            from_channel_last(z_hat, self.channel_first),
+            from_channel_last(indices, self.channel_first),
+            aux_loss,
+        )
 
     def indices_to_values(self, indices: torch.Tensor) -> torch.Tensor:
         """Decode rank indices (..., L) (or (B, L, *spatial) with ``channel_first``) to values."""
-        return from_channel_last(self._decode(to_channel_last(indices, self.channel_first)), self.channel_first)
+        return from_channel_last(
+            self._decode(to_channel_last(indices, self.channel_first)), self.channel_first
+        )
 
     def _decode(self, il: torch.Tensor) -> torch.Tensor:
         if il.shape[-1] != self.num_latents:
@@ -114,7 +123,9 @@ class _ScalarCodebookQuantizer(nn.Module, abc.ABC):
                 f"{tuple(il.shape)}"
             )
         if il.is_floating_point() or il.is_complex() or il.dtype == torch.bool:
-            raise ValueError(f"{type(self).__name__}.indices_to_values: indices must be integers, got {il.dtype}")
+            raise ValueError(
+                f"{type(self).__name__}.indices_to_values: indices must be integers, got {il.dtype}"
+            )
         sizes = torch.tensor(self.num_values, device=il.device)
         if il.numel() and (bool((il < 0).any()) or bool((il >= sizes).any())):
             raise ValueError(
@@ -173,13 +184,19 @@ class LatentQuantizer(_ScalarCodebookQuantizer):
             raise ValueError(f"LatentQuantizer: num_latents must be a positive int, got {num_latents!r}")
         sizes = [num_values] * num_latents if isinstance(num_values, int) else [int(n) for n in num_values]
         if len(sizes) != num_latents:
-            raise ValueError(f"LatentQuantizer: num_values has {len(sizes)} entries for {num_latents} latents")
+            raise ValueError(
+                f"LatentQuantizer: num_values has {len(sizes)} entries for {num_latents} latents"
+            )
         if any(n < 1 for n in sizes):
-            raise ValueError(f"LatentQuantizer: every latent needs at least one value, got num_values={sizes}")
+            raise ValueError(
+                f"LatentQuantizer: every latent needs at least one value, got num_values={sizes}"
+            )
         self.num_latents = num_latents
         self.num_values = sizes
         width = max(sizes)
-        init = torch.stack([torch.cat([_initial_values(n), _initial_values(n)[-1:].expand(width - n)]) for n in sizes])
+        init = torch.stack(
+            [torch.cat([_initial_values(n), _initial_values(n)[-1:].expand(width - n)]) for n in sizes]
+        )
         self.values = nn.Parameter(init, requires_grad=optimize_values)
         ragged = any(n != width for n in sizes)
         # pad_index[d, k] = min(k, n_d - 1): gathers each row padded with its last value.
@@ -217,7 +234,9 @@ class GlobalLatentQuantizer(_ScalarCodebookQuantizer):
     ) -> None:
         super().__init__(quantization_weight, commitment_weight, channel_first, check_finite)
         if not isinstance(num_latents, int) or num_latents < 1:
-            raise ValueError(f"GlobalLatentQuantizer: num_latents must be a positive int, got {num_latents!r}")
+            raise ValueError(
+                f"GlobalLatentQuantizer: num_latents must be a positive int, got {num_latents!r}"
+            )
         if not isinstance(num_values, int) or num_values < 1:
             raise ValueError(f"GlobalLatentQuantizer: num_values must be a positive int, got {num_values!r}")
         self.num_latents = num_latents

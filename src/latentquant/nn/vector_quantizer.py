@@ -50,7 +50,9 @@ class VectorQuantizer(nn.Module):
     ) -> None:
         super().__init__()
         if dim < 1 or codebook_size < 1:
-            raise ValueError(f"VectorQuantizer: dim and codebook_size must be >= 1, got {dim} and {codebook_size}")
+            raise ValueError(
+                f"VectorQuantizer: dim and codebook_size must be >= 1, got {dim} and {codebook_size}"
+            )
         if not 0.0 < decay < 1.0:
             raise ValueError(f"VectorQuantizer: decay must be in (0, 1), got {decay}")
         if quantization_weight < 0 or commitment_weight < 0 or dead_code_threshold < 0:
@@ -59,12 +61,17 @@ class VectorQuantizer(nn.Module):
                 f"{quantization_weight}, {commitment_weight}, {dead_code_threshold}"
             )
         self.dim, self.codebook_size = dim, codebook_size
-        self.quantization_weight, self.commitment_weight = float(quantization_weight), float(commitment_weight)
+        self.quantization_weight, self.commitment_weight = (
+            float(quantization_weight),
+            float(commitment_weight),
+        )
         self.ema, self.decay, self.eps = ema, decay, eps
         self.dead_code_threshold = dead_code_threshold
         self.channel_first, self.check_finite = channel_first, check_finite
         bound = math.sqrt(3.0 / dim)
-        self.codebook = nn.Parameter(torch.empty(codebook_size, dim).uniform_(-bound, bound), requires_grad=not ema)
+        self.codebook = nn.Parameter(
+            torch.empty(codebook_size, dim).uniform_(-bound, bound), requires_grad=not ema
+        )
         self.register_buffer("usage", torch.ones(codebook_size))
         if ema:
             self.register_buffer("ema_cluster_size", torch.ones(codebook_size))
@@ -77,7 +84,9 @@ class VectorQuantizer(nn.Module):
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         zl = to_channel_last(z, self.channel_first)
         if zl.shape[-1] != self.dim:
-            raise ValueError(f"VectorQuantizer: expected vectors of size {self.dim}, got input of shape {tuple(z.shape)}")
+            raise ValueError(
+                f"VectorQuantizer: expected vectors of size {self.dim}, got input of shape {tuple(z.shape)}"
+            )
         z_q, indices = vector_quantize(zl, self.codebook, check_finite=self.check_finite)
         if self.training and zl.numel():
             self._update(zl.detach().reshape(-1, self.dim), indices.reshape(-1))
@@ -99,7 +108,9 @@ class VectorQuantizer(nn.Module):
         counts = torch.bincount(indices, minlength=self.codebook_size).to(self.usage.dtype)
         self.usage.mul_(self.decay).add_(counts, alpha=1 - self.decay)
         if self.ema:
-            sums = torch.zeros_like(self.ema_embed_sum).index_add_(0, indices, flat.to(self.ema_embed_sum.dtype))
+            sums = torch.zeros_like(self.ema_embed_sum).index_add_(
+                0, indices, flat.to(self.ema_embed_sum.dtype)
+            )
             self.ema_cluster_size.mul_(self.decay).add_(counts, alpha=1 - self.decay)
             self.ema_embed_sum.mul_(self.decay).add_(sums, alpha=1 - self.decay)
             n = self.ema_cluster_size.sum()
@@ -118,9 +129,13 @@ class VectorQuantizer(nn.Module):
     def indices_to_values(self, indices: torch.Tensor) -> torch.Tensor:
         """Decode code indices (...) to vectors (..., C) (channel-first (B, C, *spatial) with ``channel_first``)."""
         if indices.is_floating_point():
-            raise ValueError(f"VectorQuantizer.indices_to_values: indices must be integers, got {indices.dtype}")
+            raise ValueError(
+                f"VectorQuantizer.indices_to_values: indices must be integers, got {indices.dtype}"
+            )
         if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= self.codebook_size):
-            raise ValueError(f"VectorQuantizer.indices_to_values: indices must be in [0, {self.codebook_size})")
+            raise ValueError(
+                f"VectorQuantizer.indices_to_values: indices must be in [0, {self.codebook_size})"
+            )
         return from_channel_last(self.codebook[indices.long()], self.channel_first and indices.dim() >= 1)
 
     def extra_repr(self) -> str:

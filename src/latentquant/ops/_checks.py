@@ -13,7 +13,11 @@ def check_float(op: str, name: str, t: torch.Tensor) -> None:
     if t.dtype not in FLOAT_DTYPES:
         raise ValueError(
             f"{op}: {name} must be float16, bfloat16, float32 or float64, got {t.dtype}"
-            + (" (integer tensors are not quantized; convert with .float())" if not t.is_floating_point() else "")
+            + (
+                " (integer tensors are not quantized; convert with .float())"
+                if not t.is_floating_point()
+                else ""
+            )
         )
 
 

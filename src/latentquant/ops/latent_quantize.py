@@ -57,7 +57,9 @@ if _registry.HAVE_C:
         )
 
     torch.library.register_autograd(
-        "latentquant::latent_quantize_backward", _no_double_backward, setup_context=lambda ctx, inputs, output: None
+        "latentquant::latent_quantize_backward",
+        _no_double_backward,
+        setup_context=lambda ctx, inputs, output: None,
     )
 
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from latentquant.ops import _registry
-from latentquant.ops import _checks
+from latentquant.ops import _checks, _registry
 from latentquant.reference.scalar_quantize import scalar_quantize_ref
 
 _OP = "scalar_quantize"
@@ -76,4 +75,3 @@ def scalar_quantize(
         return scalar_quantize_ref(z, values)
     z_q, indices = torch.ops.latentquant.scalar_quantize(z.reshape(-1, z.shape[-1]), values, check_finite)
     return z_q.view(z.shape), indices.view(z.shape)
-
