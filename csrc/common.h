@@ -178,6 +178,14 @@ inline ScalarTable scalar_table(const at::Tensor& values, const char* op) {
   return {table, rows};
 }
 
+// Indices handed to a backward op come from its forward, but the op is public: an index outside
+// [0, K) is reported (raise_bad_index) instead of writing out of bounds.
+inline bool index_ok(int64_t k, int64_t K) { return static_cast<uint64_t>(k) < static_cast<uint64_t>(K); }
+
+inline void raise_bad_index(const char* op, int64_t K) {
+  TORCH_CHECK_VALUE(false, op, ": indices must lie in [0, ", K, "), the codebook size; got an index outside it");
+}
+
 inline void check_values_finite(const at::Tensor& values, const char* op, const char* name) {
   TORCH_CHECK_VALUE(at::isfinite(values).all().item<bool>(), op, ": ", name, " contains NaN or Inf");
 }

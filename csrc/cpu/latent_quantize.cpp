@@ -58,7 +58,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> latent_quantize_cpu(const at::Ten
 template <typename scalar_t, typename acc_t>
 at::Tensor latent_quantize_bwd_kernel(const scalar_t* grad_z_hat, double grad_loss, const scalar_t* z,
                                       const acc_t* values, const int64_t* indices, int64_t N, int64_t D, int64_t K,
-                                      double qw, double cw, scalar_t* grad_z) {
+                                      double qw, double cw, scalar_t* grad_z, std::atomic<bool>& bad) {
   const double inv_n = 1.0 / static_cast<double>(N * D);
   const acc_t z_scale = static_cast<acc_t>(grad_loss * 2.0 * cw * inv_n);
   const acc_t v_scale = static_cast<acc_t>(grad_loss * 2.0 * qw * inv_n);
@@ -67,6 +67,10 @@ at::Tensor latent_quantize_bwd_kernel(const scalar_t* grad_z_hat, double grad_lo
       for (int64_t d = 0; d < D; ++d) {
         const int64_t i = n * D + d;
         const int64_t k = indices[i];
+        if (!index_ok(k, K)) {
+          bad.store(true, std::memory_order_relaxed);
+          continue;
+        }
         const acc_t diff = static_cast<acc_t>(z[i]) - values[d * K + k];  // z - z_q
         grad_z[i] = static_cast<scalar_t>(static_cast<acc_t>(grad_z_hat[i]) + z_scale * diff);
         acc[d * K + k] -= static_cast<double>(v_scale * diff);
@@ -97,6 +101,7 @@ std::tuple<at::Tensor, at::Tensor> latent_quantize_backward_cpu(const at::Tensor
   auto grad_z = at::empty_like(z);
   if (z.numel() == 0) return {grad_z, at::zeros_like(values_in)};
   const double gl = grad_loss.item<double>();
+  std::atomic<bool> bad{false};
   at::Tensor grad_values;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), op, [&] {
     using acc_type = acc_t<scalar_t>;
@@ -104,14 +109,15 @@ std::tuple<at::Tensor, at::Tensor> latent_quantize_backward_cpu(const at::Tensor
       grad_values = latent_quantize_bwd_kernel<scalar_t, double>(
           grad_z_hat.const_data_ptr<scalar_t>(), gl, z.const_data_ptr<scalar_t>(), values.const_data_ptr<double>(),
           indices.const_data_ptr<int64_t>(), N, D, K, quantization_weight, commitment_weight,
-          grad_z.mutable_data_ptr<scalar_t>());
+          grad_z.mutable_data_ptr<scalar_t>(), bad);
     } else {
       grad_values = latent_quantize_bwd_kernel<scalar_t, acc_type>(
           grad_z_hat.const_data_ptr<scalar_t>(), gl, z.const_data_ptr<scalar_t>(), values.const_data_ptr<acc_type>(),
           indices.const_data_ptr<int64_t>(), N, D, K, quantization_weight, commitment_weight,
-          grad_z.mutable_data_ptr<scalar_t>());
+          grad_z.mutable_data_ptr<scalar_t>(), bad);
     }
   });
+  if (bad.load()) raise_bad_index(op, K);
   return {grad_z, grad_values.view({D, K}).to(values_in.scalar_type())};
 }
 

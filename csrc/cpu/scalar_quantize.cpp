@@ -59,14 +59,24 @@ at::Tensor scalar_quantize_backward_cpu(const at::Tensor& grad_z_q_in, const at:
   const auto indices = indices_in.contiguous();
   const int64_t N = grad.size(0), D = grad.size(1), K = values.size(1);
   const int64_t* idx = indices.const_data_ptr<int64_t>();
+  std::atomic<bool> bad{false};
   at::Tensor out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), op, [&] {
     const scalar_t* g = grad.const_data_ptr<scalar_t>();
     out = chunked_row_reduce(N, D * K, [&](int64_t n0, int64_t n1, double* acc) {
-      for (int64_t n = n0; n < n1; ++n)
-        for (int64_t d = 0; d < D; ++d) acc[d * K + idx[n * D + d]] += static_cast<double>(g[n * D + d]);
+      for (int64_t n = n0; n < n1; ++n) {
+        for (int64_t d = 0; d < D; ++d) {
+          const int64_t k = idx[n * D + d];
+          if (!index_ok(k, K)) {
+            bad.store(true, std::memory_order_relaxed);
+            continue;
+          }
+          acc[d * K + k] += static_cast<double>(g[n * D + d]);
+        }
+      }
     });
   });
+  if (bad.load()) raise_bad_index(op, K);
   return out.view({D, K}).to(values.scalar_type());
 }
 

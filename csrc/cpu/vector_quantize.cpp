@@ -71,17 +71,23 @@ at::Tensor vector_quantize_backward_cpu(const at::Tensor& grad_z_q_in, const at:
   const auto indices = indices_in.contiguous();
   const int64_t N = grad.size(0), C = grad.size(1), K = codebook.size(0);
   const int64_t* idx = indices.const_data_ptr<int64_t>();
+  std::atomic<bool> bad{false};
   at::Tensor out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), op, [&] {
     const scalar_t* g = grad.const_data_ptr<scalar_t>();
     out = chunked_row_reduce(N, K * C, [&](int64_t n0, int64_t n1, double* acc) {
       for (int64_t n = n0; n < n1; ++n) {
+        if (!index_ok(idx[n], K)) {
+          bad.store(true, std::memory_order_relaxed);
+          continue;
+        }
         double* row = acc + idx[n] * C;
         const scalar_t* gr = g + n * C;
         for (int64_t c = 0; c < C; ++c) row[c] += static_cast<double>(gr[c]);
       }
     });
   });
+  if (bad.load()) raise_bad_index(op, K);
   return out.view({K, C}).to(codebook.scalar_type());
 }
 

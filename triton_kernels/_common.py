@@ -1,0 +1,102 @@
+"""Helpers shared by the Triton launchers: argument checks (messages name the op and the argument),
+the compute dtype, the nearest-value search and the NaN/Inf check.
+
+Triton scatters (the backward kernels) use atomic adds, so gradients are not bit-deterministic on the
+GPU; loss partial sums are written per program and summed by torch in a fixed order.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
+    """float64 if any tensor is float64, else float32 (DESIGN §3: compute in float32 or better)."""
+    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
+def check_float(op: str, name: str, t: torch.Tensor) -> None:
+    if t.dtype not in FLOAT_DTYPES:
+        raise ValueError(f"{op}: {name} must be float16, bfloat16, float32 or float64, got {t.dtype}")
+
+
+def check_rank(op: str, name: str, t: torch.Tensor, rank: int) -> None:
+    if t.dim() != rank:
+        raise ValueError(f"{op}: {name} must have {rank} dimensions, got shape {tuple(t.shape)}")
+
+
+def check_indices(op: str, indices: torch.Tensor, shape: tuple[int, ...]) -> None:
+    if indices.dtype != torch.int64:
+        raise ValueError(f"{op}: indices must be int64, got {indices.dtype}")
+    if tuple(indices.shape) != shape:
+        raise ValueError(f"{op}: indices must have shape {shape}, got {tuple(indices.shape)}")
+
+
+def check_same_device(op: str, **tensors: torch.Tensor) -> None:
+    devices = {t.device for t in tensors.values()}
+    if len(devices) > 1:
+        where = ", ".join(f"{name} on {t.device}" for name, t in tensors.items())
+        raise ValueError(f"{op}: all tensors must be on one device, got {where}")
+
+
+def check_scalar_codebook(op: str, z: torch.Tensor, values: torch.Tensor) -> None:
+    """z (N, D) and values (D, K), K >= 1."""
+    check_float(op, "z", z)
+    check_float(op, "values", values)
+    check_rank(op, "z", z, 2)
+    check_rank(op, "values", values, 2)
+    if values.shape[0] != z.shape[1]:
+        raise ValueError(
+            f"{op}: values must have shape (D, K) with D = z.shape[-1] = {z.shape[1]}, "
+            f"got values of shape {tuple(values.shape)}"
+        )
+    if values.shape[1] < 1:
+        raise ValueError(
+            f"{op}: values needs at least one value per dimension, got shape {tuple(values.shape)}"
+        )
+    check_same_device(op, z=z, values=values)
+
+
+def raise_if_not_finite(
+    op: str, program_flags: torch.Tensor, codebook: torch.Tensor, codebook_name: str
+) -> None:
+    """One sync: raise ValueError if a program flagged NaN/Inf in z or the codebook holds NaN/Inf."""
+    codebook_bad = ~torch.isfinite(codebook).all()
+    if bool(program_flags.any() | codebook_bad):
+        if bool(codebook_bad):
+            raise ValueError(f"{op}: {codebook_name} contains NaN or Inf")
+        raise ValueError(
+            f"{op}: z contains NaN or Inf; fix the input (or pass check_finite=False to skip this check)"
+        )
+
+
+@triton.jit
+def count_not_finite(x, mask):
+    """Number of NaN/Inf among the masked elements of x (x - x is NaN exactly for NaN and +-Inf)."""
+    return tl.sum(tl.where(mask & ((x - x) != 0), 1, 0))
+
+
+@triton.jit
+def nearest_scalar(x, values_ptr, d, mask, K):
+    """Per element: (index, value) of the value nearest x among values[d, 0..K) by |x - v| (ties:
+    lowest index). x, d, mask: blocks of one shape; values_ptr: (D, K) contiguous in the compute dtype."""
+    row = values_ptr + d * K
+    best_v = tl.load(row, mask=mask, other=0.0)
+    best_d = tl.abs(x - best_v)
+    best_k = tl.zeros(x.shape, dtype=tl.int64)
+    for k in range(1, K):
+        v = tl.load(row + k, mask=mask, other=0.0)
+        dist = tl.abs(x - v)
+        closer = dist < best_d
+        best_d = tl.where(closer, dist, best_d)
+        best_v = tl.where(closer, v, best_v)
+        best_k = tl.where(closer, k, best_k)
+    return best_k, best_v
+
+
+def programs(numel: int, block: int) -> tuple[int]:
+    return (triton.cdiv(numel, block),)

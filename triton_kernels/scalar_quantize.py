@@ -1,0 +1,139 @@
+"""Triton kernels of ``latentquant::scalar_quantize``: per-dimension nearest scalar codebook value.
+
+``_scalar_quantize_fwd_kernel`` -> ``_scalar_quantize_fwd`` (launcher) -> ``scalar_quantize_triton``
+(the op's CUDA kernel when ``LATENTQUANT_GPU_BACKEND=triton``) -> ``scalar_quantize_ref``.
+The backward scatter uses atomic adds: gradients are not bit-deterministic on the GPU.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from latentquant.triton_kernels._common import (
+    check_float,
+    check_indices,
+    check_rank,
+    check_same_device,
+    check_scalar_codebook,
+    compute_dtype,
+    count_not_finite,
+    nearest_scalar,
+    programs,
+    raise_if_not_finite,
+)
+from torch.library import wrap_triton
+
+_OP = "scalar_quantize"
+BLOCK = 1024
+
+
+@triton.jit
+def _scalar_quantize_fwd_kernel(
+    z_ptr,
+    values_ptr,
+    z_q_ptr,
+    indices_ptr,
+    flags_ptr,
+    numel,
+    D,
+    K,
+    CHECK_FINITE: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < numel
+    x = tl.load(z_ptr + offs, mask=mask, other=0.0).to(values_ptr.dtype.element_ty)
+    k, v = nearest_scalar(x, values_ptr, offs % D, mask, K)
+    tl.store(z_q_ptr + offs, v.to(z_q_ptr.dtype.element_ty), mask=mask)
+    tl.store(indices_ptr + offs, k, mask=mask)
+    if CHECK_FINITE:
+        tl.store(flags_ptr + pid, count_not_finite(x, mask))
+
+
+@triton.jit
+def _scalar_quantize_bwd_kernel(grad_ptr, indices_ptr, bins_ptr, numel, D, K, BLOCK: tl.constexpr):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < numel
+    k = tl.load(indices_ptr + offs, mask=mask, other=0)
+    valid = mask & (k >= 0) & (k < K)
+    g = tl.load(grad_ptr + offs, mask=mask, other=0.0).to(bins_ptr.dtype.element_ty)
+    tl.atomic_add(bins_ptr + (offs % D) * K + k, g, mask=valid)
+
+
+def _scalar_quantize_fwd(
+    z: torch.Tensor, values: torch.Tensor, check_finite: bool = True
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Nearest value per element.
+
+    Shapes: z (N, D) contiguous, values (D, K) contiguous in the compute dtype ->
+    z_q (N, D) in z's dtype, indices (N, D) int64, flags (programs,) int32 (NaN/Inf counts; zeros when
+    ``check_finite`` is False).
+    """
+    z_q = torch.empty_like(z)
+    indices = torch.empty(z.shape, dtype=torch.int64, device=z.device)
+    grid = programs(z.numel(), BLOCK)
+    flags = torch.zeros(grid[0], dtype=torch.int32, device=z.device)
+    if z.numel():
+        wrap_triton(_scalar_quantize_fwd_kernel)[grid](
+            z, values, z_q, indices, flags, z.numel(), z.shape[1], values.shape[1], check_finite, BLOCK
+        )
+    return z_q, indices, flags
+
+
+def _scalar_quantize_bwd(
+    grad_z_q: torch.Tensor, indices: torch.Tensor, num_values: int, dtype: torch.dtype
+) -> torch.Tensor:
+    """grad_values[d, k] = sum of grad_z_q[n, d] over n with indices[n, d] == k.
+
+    Shapes: grad_z_q (N, D) contiguous, indices (N, D) int64 contiguous -> (D, K) in ``dtype``
+    (the accumulation dtype; the caller casts to values' dtype). Out-of-range indices are skipped.
+    """
+    D = grad_z_q.shape[1]
+    bins = torch.zeros(D * num_values, dtype=dtype, device=grad_z_q.device)
+    if grad_z_q.numel():
+        wrap_triton(_scalar_quantize_bwd_kernel)[programs(grad_z_q.numel(), BLOCK)](
+            grad_z_q, indices, bins, grad_z_q.numel(), D, num_values, BLOCK
+        )
+    return bins.view(D, num_values)
+
+
+def scalar_quantize_triton(
+    z: torch.Tensor, values: torch.Tensor, check_finite: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``latentquant::scalar_quantize`` on Triton: z (N, D), values (D, K) -> z_q (N, D), indices (N, D) int64."""
+    check_scalar_codebook(_OP, z, values)
+    vals = values.to(compute_dtype(z, values)).contiguous()
+    z_q, indices, flags = _scalar_quantize_fwd(z.contiguous(), vals, check_finite)
+    if check_finite:
+        raise_if_not_finite(_OP, flags, vals, "values")
+    return z_q, indices
+
+
+def scalar_quantize_backward_triton(
+    grad_z_q: torch.Tensor, indices: torch.Tensor, values: torch.Tensor
+) -> torch.Tensor:
+    """``latentquant::scalar_quantize_backward`` on Triton: grad_z_q (N, D), indices (N, D), values (D, K) ->
+    grad_values (D, K) in values' dtype."""
+    op = "scalar_quantize_backward"
+    check_float(op, "grad_z_q", grad_z_q)
+    check_float(op, "values", values)
+    check_rank(op, "grad_z_q", grad_z_q, 2)
+    check_rank(op, "values", values, 2)
+    check_indices(op, indices, tuple(grad_z_q.shape))
+    if values.shape[0] != grad_z_q.shape[1]:
+        raise ValueError(
+            f"{op}: values must have shape (D, K) with D = {grad_z_q.shape[1]}, got values of shape {tuple(values.shape)}"
+        )
+    check_same_device(op, grad_z_q=grad_z_q, indices=indices, values=values)
+    bins = _scalar_quantize_bwd(
+        grad_z_q.contiguous(), indices.contiguous(), values.shape[1], compute_dtype(grad_z_q, values)
+    )
+    return bins.to(values.dtype)
+
+
+KERNELS = {
+    "scalar_quantize": scalar_quantize_triton,
+    "scalar_quantize_backward": scalar_quantize_backward_triton,
+}
