@@ -178,6 +178,29 @@ inline ScalarTable scalar_table(const at::Tensor& values, const char* op) {
   return {table, rows};
 }
 
+// Checks of vector_quantize: z (N, C) float, codebook (K, C) float with K >= 1, same device.
+inline void check_vector_codebook(const at::Tensor& z, const at::Tensor& codebook, const char* op) {
+  check_float(z, op, "z");
+  check_float(codebook, op, "codebook");
+  check_rank(z, 2, op, "z");
+  check_rank(codebook, 2, op, "codebook");
+  TORCH_CHECK_VALUE(codebook.size(1) == z.size(1), op, ": codebook must have shape (K, C) with C = z.shape[-1] = ",
+                    z.size(1), ", got codebook of shape ", codebook.sizes());
+  TORCH_CHECK_VALUE(codebook.size(0) >= 1, op, ": codebook needs at least one row, got shape ", codebook.sizes());
+  TORCH_CHECK_VALUE(z.device() == codebook.device(), op, ": z is on ", z.device(), " but codebook is on ",
+                    codebook.device());
+}
+
+// Checks of latent_quantize_backward's arguments (both devices).
+inline void check_latent_backward(const at::Tensor& grad_z_hat, const at::Tensor& grad_loss, const at::Tensor& z,
+                                  const at::Tensor& values, const at::Tensor& indices, const char* op) {
+  check_scalar_codebook(z, values, op);
+  check_indices(indices, op);
+  TORCH_CHECK_VALUE(grad_z_hat.sizes() == z.sizes() && indices.sizes() == z.sizes(), op, ": grad_z_hat ",
+                    grad_z_hat.sizes(), ", indices ", indices.sizes(), " and z ", z.sizes(), " must have the same shape");
+  TORCH_CHECK_VALUE(grad_loss.numel() == 1, op, ": grad_loss must have one element, got shape ", grad_loss.sizes());
+}
+
 // Indices handed to a backward op come from its forward, but the op is public: an index outside
 // [0, K) is reported (raise_bad_index) instead of writing out of bounds.
 inline bool index_ok(int64_t k, int64_t K) { return static_cast<uint64_t>(k) < static_cast<uint64_t>(K); }

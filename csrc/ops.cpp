@@ -26,4 +26,7 @@ TORCH_LIBRARY(latentquant, m) {
   m.def("vector_quantize(Tensor z, Tensor codebook, bool check_finite=True) -> (Tensor, Tensor)");
   m.def("vector_quantize_backward(Tensor grad_z_q, Tensor indices, Tensor codebook) -> Tensor");
   // ---- mutual information (issue: metrics) ----
+  // k-NN mutual information of every (latent, source) pair on preprocessed float64 data -> (L, S).
+  m.def("knn_mi_cd(Tensor x, Tensor y, int n_neighbors) -> Tensor");  // x (N, L, D), y (N, S) int64
+  m.def("knn_mi_cc(Tensor x, Tensor y, int n_neighbors) -> Tensor");  // x (N, L, Dx), y (N, S, Dy)
 }

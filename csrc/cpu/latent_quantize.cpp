@@ -86,12 +86,7 @@ std::tuple<at::Tensor, at::Tensor> latent_quantize_backward_cpu(const at::Tensor
                                                                  double quantization_weight,
                                                                  double commitment_weight) {
   constexpr const char* op = "latent_quantize_backward";
-  check_scalar_codebook(z_in, values_in, op);
-  check_indices(indices_in, op);
-  TORCH_CHECK_VALUE(grad_z_hat_in.sizes() == z_in.sizes() && indices_in.sizes() == z_in.sizes(), op,
-                    ": grad_z_hat ", grad_z_hat_in.sizes(), ", indices ", indices_in.sizes(), " and z ",
-                    z_in.sizes(), " must have the same shape");
-  TORCH_CHECK_VALUE(grad_loss.numel() == 1, op, ": grad_loss must have one element, got shape ", grad_loss.sizes());
+  check_latent_backward(grad_z_hat_in, grad_loss, z_in, values_in, indices_in, op);
   const auto ct = compute_dtype(z_in, values_in);
   const auto z = z_in.contiguous();
   const auto grad_z_hat = grad_z_hat_in.to(z.scalar_type()).contiguous();

@@ -13,21 +13,9 @@ namespace {
 
 constexpr const char* kOp = "vector_quantize";
 
-void check_codebook(const at::Tensor& z, const at::Tensor& codebook, const char* op) {
-  check_float(z, op, "z");
-  check_float(codebook, op, "codebook");
-  check_rank(z, 2, op, "z");
-  check_rank(codebook, 2, op, "codebook");
-  TORCH_CHECK_VALUE(codebook.size(1) == z.size(1), op, ": codebook must have shape (K, C) with C = z.shape[-1] = ",
-                    z.size(1), ", got codebook of shape ", codebook.sizes());
-  TORCH_CHECK_VALUE(codebook.size(0) >= 1, op, ": codebook needs at least one row, got shape ", codebook.sizes());
-  TORCH_CHECK_VALUE(z.device() == codebook.device(), op, ": z is on ", z.device(), " but codebook is on ",
-                    codebook.device());
-}
-
 std::tuple<at::Tensor, at::Tensor> vector_quantize_cpu(const at::Tensor& z_in, const at::Tensor& codebook_in,
                                                         bool check_finite) {
-  check_codebook(z_in, codebook_in, kOp);
+  check_vector_codebook(z_in, codebook_in, kOp);
   const auto ct = compute_dtype(z_in, codebook_in);
   const auto z = z_in.contiguous();
   const auto cb = codebook_in.to(ct).contiguous();

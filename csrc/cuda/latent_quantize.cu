@@ -77,13 +77,7 @@ std::tuple<at::Tensor, at::Tensor> latent_quantize_backward_cuda(const at::Tenso
                                                                   double quantization_weight,
                                                                   double commitment_weight) {
   constexpr const char* op = "latent_quantize_backward";
-  check_scalar_codebook(z_in, values_in, op);
-  check_indices(indices_in, op);
-  TORCH_CHECK_VALUE(grad_z_hat_in.sizes() == z_in.sizes() && indices_in.sizes() == z_in.sizes(), op,
-                    ": grad_z_hat ", grad_z_hat_in.sizes(), ", indices ", indices_in.sizes(), " and z ",
-                    z_in.sizes(), " must have the same shape");
-  TORCH_CHECK_VALUE(grad_loss_in.numel() == 1, op, ": grad_loss must have one element, got shape ",
-                    grad_loss_in.sizes());
+  check_latent_backward(grad_z_hat_in, grad_loss_in, z_in, values_in, indices_in, op);
   TORCH_CHECK_VALUE(grad_z_hat_in.device() == z_in.device() && indices_in.device() == z_in.device() &&
                         grad_loss_in.device() == z_in.device(),
                     op, ": grad_z_hat (", grad_z_hat_in.device(), "), grad_loss (", grad_loss_in.device(),

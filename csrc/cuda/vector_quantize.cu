@@ -22,18 +22,6 @@ constexpr int kMicro = 4;   // each thread: kMicro rows x kMicro codes
 constexpr int kLanes = 16;  // threads sharing a row (kCodes / kMicro); kThreads = kLanes * (kRows / kMicro)
 static_assert(kLanes * (kRows / kMicro) == kThreads && kLanes * kMicro == kCodes, "tile shape");
 
-void check_codebook(const at::Tensor& z, const at::Tensor& codebook, const char* op) {
-  check_float(z, op, "z");
-  check_float(codebook, op, "codebook");
-  check_rank(z, 2, op, "z");
-  check_rank(codebook, 2, op, "codebook");
-  TORCH_CHECK_VALUE(codebook.size(1) == z.size(1), op, ": codebook must have shape (K, C) with C = z.shape[-1] = ",
-                    z.size(1), ", got codebook of shape ", codebook.sizes());
-  TORCH_CHECK_VALUE(codebook.size(0) >= 1, op, ": codebook needs at least one row, got shape ", codebook.sizes());
-  TORCH_CHECK_VALUE(z.device() == codebook.device(), op, ": z is on ", z.device(), " but codebook is on ",
-                    codebook.device());
-}
-
 // (dist, index) a beats (dist, index) b: smaller distance, or equal distance and lower index.
 template <typename acc_t>
 __device__ __forceinline__ bool better(acc_t da, int64_t ia, acc_t db, int64_t ib) {
@@ -153,7 +141,7 @@ __global__ void __launch_bounds__(kThreads)
 
 std::tuple<at::Tensor, at::Tensor> vector_quantize_cuda(const at::Tensor& z_in, const at::Tensor& codebook_in,
                                                          bool check_finite) {
-  check_codebook(z_in, codebook_in, kOp);
+  check_vector_codebook(z_in, codebook_in, kOp);
   const c10::cuda::CUDAGuard guard(z_in.device());
   const auto ct = compute_dtype(z_in, codebook_in);
   const auto z = z_in.contiguous();

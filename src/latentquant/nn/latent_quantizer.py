@@ -36,12 +36,16 @@ class _ScalarCodebookQuantizer(nn.Module, abc.ABC):
 
     def __init__(
         self,
+        num_latents: int,
         quantization_weight: float,
         commitment_weight: float,
         channel_first: bool,
         check_finite: bool,
     ) -> None:
         super().__init__()
+        if not isinstance(num_latents, int) or num_latents < 1:
+            raise ValueError(f"{type(self).__name__}: num_latents must be a positive int, got {num_latents!r}")
+        self.num_latents = num_latents
         for name, w in (
             ("quantization_weight", quantization_weight),
             ("commitment_weight", commitment_weight),
@@ -179,9 +183,7 @@ class LatentQuantizer(_ScalarCodebookQuantizer):
         channel_first: bool = False,
         check_finite: bool = True,
     ) -> None:
-        super().__init__(quantization_weight, commitment_weight, channel_first, check_finite)
-        if not isinstance(num_latents, int) or num_latents < 1:
-            raise ValueError(f"LatentQuantizer: num_latents must be a positive int, got {num_latents!r}")
+        super().__init__(num_latents, quantization_weight, commitment_weight, channel_first, check_finite)
         sizes = [num_values] * num_latents if isinstance(num_values, int) else [int(n) for n in num_values]
         if len(sizes) != num_latents:
             raise ValueError(
@@ -191,7 +193,6 @@ class LatentQuantizer(_ScalarCodebookQuantizer):
             raise ValueError(
                 f"LatentQuantizer: every latent needs at least one value, got num_values={sizes}"
             )
-        self.num_latents = num_latents
         self.num_values = sizes
         width = max(sizes)
         init = torch.stack(
@@ -232,14 +233,9 @@ class GlobalLatentQuantizer(_ScalarCodebookQuantizer):
         channel_first: bool = False,
         check_finite: bool = True,
     ) -> None:
-        super().__init__(quantization_weight, commitment_weight, channel_first, check_finite)
-        if not isinstance(num_latents, int) or num_latents < 1:
-            raise ValueError(
-                f"GlobalLatentQuantizer: num_latents must be a positive int, got {num_latents!r}"
-            )
+        super().__init__(num_latents, quantization_weight, commitment_weight, channel_first, check_finite)
         if not isinstance(num_values, int) or num_values < 1:
             raise ValueError(f"GlobalLatentQuantizer: num_values must be a positive int, got {num_values!r}")
-        self.num_latents = num_latents
         self.num_values = [num_values] * num_latents
         self.values = nn.Parameter(_initial_values(num_values), requires_grad=optimize_values)
 
