@@ -24,11 +24,8 @@ if _registry.HAVE_C:
     def _(x, y, n_neighbors):
         return x.new_empty((x.shape[1], y.shape[1]))
 
-    if _registry.triton_available():
-        from latentquant.triton_kernels.knn_mi import knn_mi_cc_triton, knn_mi_cd_triton
-
-        _registry.register_triton_cuda("knn_mi_cd", knn_mi_cd_triton)
-        _registry.register_triton_cuda("knn_mi_cc", knn_mi_cc_triton)
+_registry.PUBLIC_OPS.extend(["knn_mi_cd", "knn_mi_cc"])
+_registry.register_triton_module("knn_mi")
 
 
 def _has_kernel(op: str, device: torch.device) -> bool:

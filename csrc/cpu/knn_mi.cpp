@@ -1,0 +1,547 @@
+// CPU kernels of latentquant::knn_mi_cd (Ross 2014) and latentquant::knn_mi_cc (KSG 1, max-norm):
+// k-NN mutual information of every (latent, source) pair, on preprocessed float64 data.
+//
+// Distances are computed exactly as scikit-learn's searches compute them (see
+// src/latentquant/reference/knn_mi.py), so with the same input the estimates agree to rounding of the
+// final means. Scalar latents (D == 1) use their sort order: each latent is argsorted once and the order
+// is reused for every source, so a pair costs O(N (k + log m)) -- the k-th same-label neighbour is the
+// k-th smallest of k candidates on either side in the label's sorted run, and the count "within r" is two
+// galloping searches around the point in the sorted array. Vector-valued latents (D > 1) use blocked
+// brute force, O(N^2 D) per pair. Pairs run in parallel (at::parallel_for); each pair is computed by one
+// thread in a fixed order, so results do not depend on the thread count.
+//
+// Digamma: computed here in double (recurrence to x >= 10, then the asymptotic series to x^-12, error
+// below 1e-15), tabulated once per call for the integers 0..N.
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#elif defined(__GNUC__)
+#pragma GCC optimize("fp-contract=off")
+#endif
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <numeric>
+#include <vector>
+
+#include <torch/library.h>
+
+#include "../common.h"
+
+namespace latentquant {
+namespace {
+
+constexpr double kInf = std::numeric_limits<double>::infinity();
+
+double digamma_pos(double x) {
+  double r = 0.0;
+  while (x < 10.0) {
+    r -= 1.0 / x;
+    x += 1.0;
+  }
+  const double f = 1.0 / (x * x);
+  const double series =
+      f * (-1.0 / 12 + f * (1.0 / 120 + f * (-1.0 / 252 + f * (1.0 / 240 + f * (-1.0 / 132 + f * (691.0 / 32760))))));
+  return r + std::log(x) - 0.5 / x + series;
+}
+
+// psi(n) for n = 0..n_max (entry 0 unused).
+std::vector<double> digamma_table(int64_t n_max) {
+  std::vector<double> t(n_max + 1, 0.0);
+  at::parallel_for(1, n_max + 1, 4096, [&](int64_t b, int64_t e) {
+    for (int64_t n = b; n < e; ++n) t[n] = digamma_pos(static_cast<double>(n));
+  });
+  return t;
+}
+
+inline double sq(double d) { return d * d; }
+
+// Neumaier-compensated sum: the mean of N digamma values keeps ~1e-16 relative error at any N.
+struct CompensatedSum {
+  double sum = 0.0, comp = 0.0;
+  void add(double v) {
+    const double t = sum + v;
+    comp += std::fabs(sum) >= std::fabs(v) ? (sum - t) + v : (v - t) + sum;
+    sum = t;
+  }
+  double value() const { return sum + comp; }
+};
+
+// Galloping search around position g of a sorted array: the number of positions p (g included) for
+// which within(p) holds, where within is true on a contiguous run containing g and false outside it.
+template <typename Within>
+int64_t count_run(int64_t g, int64_t n, const Within& within) {
+  int64_t in = g, out = -1, step = 1;
+  while (true) {
+    const int64_t p = g - step;
+    if (p < 0) break;
+    if (!within(p)) {
+      out = p;
+      break;
+    }
+    in = p;
+    step <<= 1;
+  }
+  while (in - out > 1) {
+    const int64_t mid = out + (in - out) / 2;
+    (within(mid) ? in : out) = mid;
+  }
+  const int64_t left = in;
+  in = g, out = n, step = 1;
+  while (true) {
+    const int64_t p = g + step;
+    if (p >= n) break;
+    if (!within(p)) {
+      out = p;
+      break;
+    }
+    in = p;
+    step <<= 1;
+  }
+  while (out - in > 1) {
+    const int64_t mid = in + (out - in) / 2;
+    (within(mid) ? in : out) = mid;
+  }
+  return in - left + 1;
+}
+
+// Labels of one source encoded as 0..C-1 (in label order), with the size of each class.
+struct Codes {
+  std::vector<int32_t> code;  // int32: the per-pair pass gathers it in random order, so keep it small
+  std::vector<int64_t> count;
+};
+
+Codes encode(const int64_t* y, int64_t n, int64_t stride) {
+  std::vector<int64_t> order(n);
+  std::iota(order.begin(), order.end(), 0);
+  std::sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return y[a * stride] < y[b * stride]; });
+  Codes c;
+  c.code.resize(n);
+  for (int64_t p = 0; p < n; ++p) {
+    if (p == 0 || y[order[p] * stride] != y[order[p - 1] * stride]) c.count.push_back(0);
+    c.code[order[p]] = static_cast<int32_t>(c.count.size()) - 1;
+    ++c.count.back();
+  }
+  return c;
+}
+
+// One latent column, gathered contiguous as (N, D), and for D == 1 its sort order. int32 indices (the
+// ops accept N < 2^31) halve the memory and the bandwidth of the per-pair passes.
+struct Column {
+  std::vector<double> v;       // (N, D); for D == 1 kept only when `lookup` was asked for
+  std::vector<int32_t> perm;   // sorted position -> sample (D == 1)
+  std::vector<double> sorted;  // values in sorted order (D == 1)
+  std::vector<int32_t> pos;    // sample -> sorted position (D == 1 with `lookup`)
+};
+
+std::vector<Column> gather_columns(const at::Tensor& x, bool sort, bool lookup) {
+  const int64_t n = x.size(0), cols = x.size(1), dim = x.size(2);
+  const double* xp = x.data_ptr<double>();
+  std::vector<Column> out(cols);
+  at::parallel_for(0, cols, 1, [&](int64_t b, int64_t e) {
+    for (int64_t l = b; l < e; ++l) {
+      Column& c = out[l];
+      c.v.resize(n * dim);
+      for (int64_t i = 0; i < n; ++i)
+        for (int64_t d = 0; d < dim; ++d) c.v[i * dim + d] = xp[(i * cols + l) * dim + d];
+      if (!sort) continue;
+      c.perm.resize(n);
+      std::iota(c.perm.begin(), c.perm.end(), 0);
+      std::sort(c.perm.begin(), c.perm.end(), [&](int32_t a, int32_t q) { return c.v[a] < c.v[q]; });
+      c.sorted.resize(n);
+      for (int64_t p = 0; p < n; ++p) c.sorted[p] = c.v[c.perm[p]];
+      if (!lookup) {
+        std::vector<double>().swap(c.v);
+        continue;
+      }
+      c.pos.resize(n);
+      for (int64_t p = 0; p < n; ++p) c.pos[c.perm[p]] = static_cast<int32_t>(p);
+    }
+  });
+  return out;
+}
+
+// k-th smallest squared distance from run[t] to the other members of a sorted run of `cnt` scalars:
+// the candidates on each side are already in increasing order, so merge k of them (branch-free).
+// `left` / `right` receive the run offsets of the first candidates not taken on each side, whose
+// distances are at least the k-th (-1 / cnt when a side is exhausted).
+double kth_sorted_run(const double* run, int64_t t, int64_t cnt, int64_t k, int64_t& left, int64_t& right) {
+  int64_t a = t - 1, b = t + 1;
+  double d = 0.0;
+  const double v = run[t];
+  for (int64_t i = 0; i < k; ++i) {
+    const double dl = a >= 0 ? sq(v - run[a < 0 ? 0 : a]) : kInf;
+    const double dr = b < cnt ? sq(v - run[b < cnt ? b : cnt - 1]) : kInf;
+    const bool take_left = dl <= dr;
+    d = take_left ? dl : dr;
+    a -= take_left;
+    b += !take_left;
+  }
+  left = a;
+  right = b;
+  return d;
+}
+
+// Number of positions of the sorted array `v` (length n) within squared distance r2 of v[g], g included.
+// lo_hint < g < hi_hint are positions expected outside the run (-1 / n for none); the search checks them
+// and gallops past a hint that turns out to be inside.
+int64_t count_within(const double* v, int64_t n, int64_t g, double r2, int64_t lo_hint, int64_t hi_hint) {
+  const double x = v[g];
+  auto within = [&](int64_t p) { return sq(x - v[p]) <= r2; };
+  int64_t lo = lo_hint, hi = g;  // within(hi); lo outside or -1
+  if (lo >= 0 && within(lo)) {
+    hi = lo;
+    int64_t step = 1;
+    lo = -1;
+    for (int64_t p = hi - 1; p >= 0; p = hi - step) {
+      if (!within(p)) {
+        lo = p;
+        break;
+      }
+      hi = p;
+      step <<= 1;
+    }
+  }
+  while (hi - lo > 1) {
+    const int64_t mid = lo + (hi - lo) / 2;
+    const bool w = within(mid);
+    hi = w ? mid : hi;
+    lo = w ? lo : mid;
+  }
+  const int64_t first = hi;
+  lo = g, hi = hi_hint;  // within(lo); hi outside or n
+  if (hi < n && within(hi)) {
+    lo = hi;
+    int64_t step = 1;
+    hi = n;
+    for (int64_t p = lo + 1; p < n; p = lo + step) {
+      if (!within(p)) {
+        hi = p;
+        break;
+      }
+      lo = p;
+      step <<= 1;
+    }
+  }
+  while (hi - lo > 1) {
+    const int64_t mid = lo + (hi - lo) / 2;
+    const bool w = within(mid);
+    lo = w ? mid : lo;
+    hi = w ? hi : mid;
+  }
+  return lo - first + 1;
+}
+
+// scikit-learn searches a label class by brute force when k >= count // 2 and then ranks scalars by
+// (x_i^2 + (-2 x_i x_j)) + x_j^2 (clipped at 0), whose rounding differs from (x_i - x_j)^2.
+double kth_brute_expansion(const double* run, int64_t t, int64_t cnt, int64_t k, std::vector<double>& buf) {
+  buf.clear();
+  const double xi = run[t], sqi = xi * xi;
+  for (int64_t j = 0; j < cnt; ++j) {
+    if (j == t) continue;
+    const double xj = run[j];
+    const double mid = -2.0 * (xi * xj);
+    buf.push_back(std::max((sqi + mid) + xj * xj, 0.0));
+  }
+  std::nth_element(buf.begin(), buf.begin() + (k - 1), buf.end());
+  return buf[k - 1];
+}
+
+inline double sq_dist(const double* a, const double* b, int64_t dim) {
+  double s = 0.0;
+  for (int64_t d = 0; d < dim; ++d) s += sq(a[d] - b[d]);
+  return s;
+}
+
+inline double cheb_dist(const double* a, const double* b, int64_t dim) {
+  double s = 0.0;
+  for (int64_t d = 0; d < dim; ++d) s = std::fmax(s, std::fabs(a[d] - b[d]));
+  return s;
+}
+
+// ---------------------------------------------------------------- continuous-discrete
+
+// Per-pair scratch, reused across the pairs a thread handles.
+struct CdScratch {
+  std::vector<int64_t> offset, fill;
+  std::vector<double> run;        // values grouped by class (sorted within class when D == 1)
+  std::vector<int64_t> run_g;     // D == 1: position in `kept` of each run entry
+  std::vector<int64_t> run_idx;   // D > 1: sample of each run entry
+  std::vector<double> kept;       // non-singleton values: in sorted order (D == 1) / (n_kept, D) rows
+  std::vector<double> radius2;    // D > 1: per kept point
+  std::vector<double> buf;
+};
+
+// Class offsets of a source in `s.offset` (and a copy in `s.fill` to scatter with).
+void class_offsets(const Codes& lab, CdScratch& s) {
+  const int64_t classes = static_cast<int64_t>(lab.count.size());
+  s.offset.assign(classes + 1, 0);
+  for (int64_t c = 0; c < classes; ++c) s.offset[c + 1] = s.offset[c] + lab.count[c];
+  s.fill.assign(s.offset.begin(), s.offset.end() - 1);
+}
+
+// psi(N) + <psi(k)> - <psi(N_label)> - <psi(m)>, clipped at 0; sum_m is the sum of psi(m).
+double finish_cd(const Codes& lab, int64_t n_kept, int64_t n_neighbors, const std::vector<double>& psi,
+                 double sum_m) {
+  if (n_kept == 0) return 0.0;
+  double sum_k = 0.0, sum_count = 0.0;
+  for (const int64_t cnt : lab.count) {
+    if (cnt < 2) continue;
+    sum_k += cnt * psi[std::min(n_neighbors, cnt - 1)];
+    sum_count += cnt * psi[cnt];
+  }
+  return std::max(0.0, psi[n_kept] + (sum_k - sum_count - sum_m) / static_cast<double>(n_kept));
+}
+
+// Scalar latent: one pass in sorted order groups the values by label (each run sorted) and collects
+// the non-singleton values in sorted order; every access after that is sequential within a run.
+double mi_cd_scalar(const Column& col, const Codes& lab, int64_t n, int64_t n_neighbors,
+                    const std::vector<double>& psi, CdScratch& s) {
+  class_offsets(lab, s);
+  s.run.resize(n);
+  s.run_g.resize(n);
+  s.kept.resize(n);
+  int64_t n_kept = 0;
+  for (int64_t p = 0; p < n; ++p) {
+    const int64_t c = lab.code[col.perm[p]];
+    const int64_t q = s.fill[c]++;
+    const double v = col.sorted[p];
+    s.run[q] = v;
+    s.run_g[q] = n_kept;
+    s.kept[n_kept] = v;
+    n_kept += lab.count[c] > 1;
+  }
+  CompensatedSum sum_m;
+  const double* kept = s.kept.data();
+  for (int64_t c = 0; c < static_cast<int64_t>(lab.count.size()); ++c) {
+    const int64_t cnt = lab.count[c];
+    if (cnt < 2) continue;
+    const int64_t k = std::min(n_neighbors, cnt - 1);
+    const double* run = s.run.data() + s.offset[c];
+    const int64_t* run_g = s.run_g.data() + s.offset[c];
+    const bool brute = k >= cnt / 2;
+    for (int64_t t = 0; t < cnt; ++t) {
+      double kth;
+      int64_t lo_hint = -1, hi_hint = n_kept;
+      if (brute) {
+        kth = kth_brute_expansion(run, t, cnt, k, s.buf);
+      } else {
+        int64_t left, right;
+        kth = kth_sorted_run(run, t, cnt, k, left, right);
+        // The first untaken same-label candidates are (almost always) outside the count: search hints.
+        if (left >= 0) lo_hint = run_g[left];
+        if (right < cnt) hi_hint = run_g[right];
+      }
+      const double r = std::nextafter(std::sqrt(kth), 0.0);
+      sum_m.add(psi[count_within(kept, n_kept, run_g[t], r * r, lo_hint, hi_hint)]);
+    }
+  }
+  return finish_cd(lab, n_kept, n_neighbors, psi, sum_m.value());
+}
+
+// Vector-valued latent (D > 1): exact Euclidean k-th neighbour per class, then a blocked brute-force
+// count over all non-singleton points.
+double mi_cd_vector(const Column& col, const Codes& lab, int64_t n, int64_t dim, int64_t n_neighbors,
+                    const std::vector<double>& psi, CdScratch& s) {
+  class_offsets(lab, s);
+  s.run.resize(n * dim);
+  s.run_idx.resize(n);
+  s.kept.clear();
+  std::vector<int64_t> kept_pos(n, -1);
+  int64_t n_kept = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t c = lab.code[i];
+    const int64_t q = s.fill[c]++;
+    std::copy_n(col.v.data() + i * dim, dim, s.run.data() + q * dim);
+    s.run_idx[q] = i;
+    if (lab.count[c] > 1) {
+      kept_pos[i] = n_kept++;
+      s.kept.insert(s.kept.end(), col.v.begin() + i * dim, col.v.begin() + (i + 1) * dim);
+    }
+  }
+  if (n_kept == 0) return 0.0;
+  s.radius2.resize(n_kept);
+  for (int64_t c = 0; c < static_cast<int64_t>(lab.count.size()); ++c) {
+    const int64_t cnt = lab.count[c];
+    if (cnt < 2) continue;
+    const int64_t k = std::min(n_neighbors, cnt - 1);
+    const double* run = s.run.data() + s.offset[c] * dim;
+    for (int64_t t = 0; t < cnt; ++t) {
+      s.buf.clear();
+      for (int64_t j = 0; j < cnt; ++j)
+        if (j != t) s.buf.push_back(sq_dist(run + t * dim, run + j * dim, dim));
+      std::nth_element(s.buf.begin(), s.buf.begin() + (k - 1), s.buf.end());
+      const double r = std::nextafter(std::sqrt(s.buf[k - 1]), 0.0);
+      s.radius2[kept_pos[s.run_idx[s.offset[c] + t]]] = r * r;
+    }
+  }
+  // Blocked brute force: a block of queries sweeps a block of points that stays in cache.
+  constexpr int64_t kQ = 64, kP = 2048;
+  const double* kept = s.kept.data();
+  std::vector<int64_t> m(n_kept, 0);
+  for (int64_t p0 = 0; p0 < n_kept; p0 += kP) {
+    const int64_t p1 = std::min(n_kept, p0 + kP);
+    for (int64_t q0 = 0; q0 < n_kept; q0 += kQ) {
+      const int64_t q1 = std::min(n_kept, q0 + kQ);
+      for (int64_t q = q0; q < q1; ++q) {
+        int64_t cnt = 0;
+        for (int64_t p = p0; p < p1; ++p) cnt += sq_dist(kept + q * dim, kept + p * dim, dim) <= s.radius2[q];
+        m[q] += cnt;
+      }
+    }
+  }
+  CompensatedSum sum_m;
+  for (int64_t q = 0; q < n_kept; ++q) sum_m.add(psi[m[q]]);
+  return finish_cd(lab, n_kept, n_neighbors, psi, sum_m.value());
+}
+
+void check_inputs(const at::Tensor& x, const at::Tensor& y, int64_t n_neighbors, const char* op) {
+  check_rank(x, 3, op, "x");
+  TORCH_CHECK_VALUE(x.scalar_type() == at::kDouble, op, ": x must be float64, got ", x.scalar_type());
+  TORCH_CHECK_VALUE(y.size(0) == x.size(0), op, ": x and y must have the same number of samples, got ",
+                    x.size(0), " and ", y.size(0));
+  TORCH_CHECK_VALUE(x.size(0) < (int64_t(1) << 31), op, ": at most 2^31 - 1 samples, got ", x.size(0));
+  TORCH_CHECK_VALUE(n_neighbors >= 1 && n_neighbors < x.size(0), op,
+                    ": n_neighbors must be in [1, N - 1] for N = ", x.size(0), " samples, got ", n_neighbors);
+}
+
+at::Tensor knn_mi_cd_cpu(const at::Tensor& x_in, const at::Tensor& y_in, int64_t n_neighbors) {
+  const char* op = "knn_mi_cd";
+  check_inputs(x_in, y_in, n_neighbors, op);
+  check_rank(y_in, 2, op, "y");
+  TORCH_CHECK_VALUE(y_in.scalar_type() == at::kLong, op, ": y must be int64 labels, got ", y_in.scalar_type());
+  const at::Tensor x = x_in.contiguous(), y = y_in.contiguous();
+  const int64_t n = x.size(0), lat = x.size(1), dim = x.size(2), src = y.size(1);
+  auto out = at::empty({lat, src}, x.options());
+  if (lat == 0 || src == 0) return out;
+  const std::vector<double> psi = digamma_table(n);
+  std::vector<Codes> codes(src);
+  const int64_t* yp = y.data_ptr<int64_t>();
+  at::parallel_for(0, src, 1, [&](int64_t b, int64_t e) {
+    for (int64_t j = b; j < e; ++j) codes[j] = encode(yp + j, n, src);
+  });
+  const std::vector<Column> cols = gather_columns(x, dim == 1, false);
+  double* o = out.data_ptr<double>();
+  at::parallel_for(0, lat * src, 1, [&](int64_t b, int64_t e) {
+    CdScratch scratch;
+    for (int64_t pair = b; pair < e; ++pair)
+      o[pair] = dim == 1 ? mi_cd_scalar(cols[pair / src], codes[pair % src], n, n_neighbors, psi, scratch)
+                         : mi_cd_vector(cols[pair / src], codes[pair % src], n, dim, n_neighbors, psi, scratch);
+  });
+  return out;
+}
+
+// ---------------------------------------------------------------- continuous-continuous
+
+struct CcScratch {
+  std::vector<double> ya;    // y values in a's sorted order
+  std::vector<int64_t> ypos; // sorted position (in b) of the sample at each sorted position of a
+  std::vector<double> best;  // k smallest joint distances so far, ascending
+  std::vector<double> da, db, joint;
+};
+
+// Insert d into the ascending array best[0..k) when smaller than its last element.
+inline void push_best(std::vector<double>& best, double d) {
+  int64_t i = static_cast<int64_t>(best.size()) - 1;
+  if (!(d < best[i])) return;
+  while (i > 0 && best[i - 1] > d) {
+    best[i] = best[i - 1];
+    --i;
+  }
+  best[i] = d;
+}
+
+double mi_cc_scalar(const Column& a, const Column& b, int64_t n, int64_t k, const std::vector<double>& psi,
+                    CcScratch& s) {
+  s.ya.resize(n);
+  s.ypos.resize(n);
+  for (int64_t p = 0; p < n; ++p) {
+    s.ya[p] = b.v[a.perm[p]];
+    s.ypos[p] = b.pos[a.perm[p]];
+  }
+  const double* xs = a.sorted.data();
+  const double* ys = b.sorted.data();
+  CompensatedSum sum_nx, sum_ny;
+  for (int64_t p = 0; p < n; ++p) {
+    const double xq = xs[p], yq = s.ya[p];
+    s.best.assign(k, kInf);
+    // Visit the other points in increasing |dx| (merging both sides); the joint max-norm distance is at
+    // least |dx|, so stop once |dx| reaches the current k-th distance.
+    int64_t lo = p - 1, hi = p + 1;
+    while (true) {
+      const double dl = lo >= 0 ? std::fabs(xq - xs[lo]) : kInf;
+      const double dh = hi < n ? std::fabs(xq - xs[hi]) : kInf;
+      const bool left = dl <= dh;
+      const double dx = left ? dl : dh;
+      if (dx == kInf || dx >= s.best[k - 1]) break;
+      const int64_t q = left ? lo-- : hi++;
+      push_best(s.best, std::fmax(dx, std::fabs(yq - s.ya[q])));
+    }
+    const double r = std::nextafter(s.best[k - 1], 0.0);
+    sum_nx.add(psi[count_run(p, n, [&](int64_t q) { return std::fabs(xq - xs[q]) <= r; })]);
+    sum_ny.add(psi[count_run(s.ypos[p], n, [&](int64_t q) { return std::fabs(yq - ys[q]) <= r; })]);
+  }
+  return psi[n] + psi[k] - (sum_nx.value() + sum_ny.value()) / static_cast<double>(n);
+}
+
+double mi_cc_brute(const Column& a, int64_t da_dim, const Column& b, int64_t db_dim, int64_t n, int64_t k,
+                   const std::vector<double>& psi, CcScratch& s) {
+  s.da.resize(n);
+  s.db.resize(n);
+  s.joint.resize(n - 1);
+  CompensatedSum sum_nx, sum_ny;
+  for (int64_t i = 0; i < n; ++i) {
+    int64_t t = 0;
+    for (int64_t j = 0; j < n; ++j) {
+      s.da[j] = cheb_dist(a.v.data() + i * da_dim, a.v.data() + j * da_dim, da_dim);
+      s.db[j] = cheb_dist(b.v.data() + i * db_dim, b.v.data() + j * db_dim, db_dim);
+      if (j != i) s.joint[t++] = std::fmax(s.da[j], s.db[j]);
+    }
+    std::nth_element(s.joint.begin(), s.joint.begin() + (k - 1), s.joint.end());
+    const double r = std::nextafter(s.joint[k - 1], 0.0);
+    int64_t nx = 0, ny = 0;
+    for (int64_t j = 0; j < n; ++j) {
+      nx += s.da[j] <= r;
+      ny += s.db[j] <= r;
+    }
+    sum_nx.add(psi[nx]);
+    sum_ny.add(psi[ny]);
+  }
+  return psi[n] + psi[k] - (sum_nx.value() + sum_ny.value()) / static_cast<double>(n);
+}
+
+at::Tensor knn_mi_cc_cpu(const at::Tensor& x_in, const at::Tensor& y_in, int64_t n_neighbors) {
+  const char* op = "knn_mi_cc";
+  check_inputs(x_in, y_in, n_neighbors, op);
+  check_rank(y_in, 3, op, "y");
+  TORCH_CHECK_VALUE(y_in.scalar_type() == at::kDouble, op, ": y must be float64, got ", y_in.scalar_type());
+  const at::Tensor x = x_in.contiguous(), y = y_in.contiguous();
+  const int64_t n = x.size(0), lat = x.size(1), src = y.size(1), dx = x.size(2), dy = y.size(2);
+  auto out = at::empty({lat, src}, x.options());
+  if (lat == 0 || src == 0) return out;
+  const std::vector<double> psi = digamma_table(n);
+  const bool scalar = dx == 1 && dy == 1;
+  const std::vector<Column> xc = gather_columns(x, scalar, true);
+  const std::vector<Column> yc = gather_columns(y, scalar, true);
+  double* o = out.data_ptr<double>();
+  at::parallel_for(0, lat * src, 1, [&](int64_t b, int64_t e) {
+    CcScratch scratch;
+    for (int64_t pair = b; pair < e; ++pair) {
+      const Column& a = xc[pair / src];
+      const Column& c = yc[pair % src];
+      const double mi = scalar ? mi_cc_scalar(a, c, n, n_neighbors, psi, scratch)
+                               : mi_cc_brute(a, dx, c, dy, n, n_neighbors, psi, scratch);
+      o[pair] = std::max(0.0, mi);
+    }
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(latentquant, CPU, m) {
+  m.impl("knn_mi_cd", &knn_mi_cd_cpu);
+  m.impl("knn_mi_cc", &knn_mi_cc_cpu);
+}
+
+}  // namespace latentquant

@@ -1,0 +1,158 @@
+"""Argument checks, numpy/tensor conversion and scikit-learn-style preprocessing for ``latentquant.mi``."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+ArrayLike = Any  # numpy array, torch tensor, or anything np.asarray accepts
+
+
+@dataclass
+class Result:
+    """Where the answer goes: numpy when no argument was a tensor, else a tensor on their device."""
+
+    as_tensor: bool
+    device: torch.device
+
+    def wrap(self, out: torch.Tensor) -> np.ndarray | torch.Tensor:
+        return out.to(self.device) if self.as_tensor else out.cpu().numpy()
+
+
+def result_for(fn: str, **args: ArrayLike) -> Result:
+    devices = {name: a.device for name, a in args.items() if isinstance(a, torch.Tensor)}
+    if len(set(devices.values())) > 1:
+        raise ValueError(f"{fn}: tensor arguments must be on one device, got {devices}")
+    if devices:
+        return Result(True, next(iter(devices.values())))
+    return Result(False, torch.device("cpu"))
+
+
+def _to_tensor(a: ArrayLike, fn: str, name: str, device: torch.device) -> torch.Tensor:
+    if isinstance(a, torch.Tensor):
+        return a.detach().to(device)
+    arr = np.asarray(a)
+    if arr.dtype.kind in "USO":  # strings or objects: class labels, encoded in sorted order
+        if arr.ndim not in (1, 2):
+            raise ValueError(
+                f"{fn}: {name} must have 1 or 2 dimensions (N,) or (N, S), got shape {arr.shape}"
+            )
+        cols = arr.reshape(arr.shape[0], -1)
+        codes = np.stack(
+            [np.unique(cols[:, j], return_inverse=True)[1].reshape(-1) for j in range(cols.shape[1])], 1
+        )
+        arr = codes.reshape(arr.shape)
+    if arr.dtype.kind not in "biuf":
+        raise ValueError(f"{fn}: {name} must be numeric, got dtype {arr.dtype}")
+    return torch.from_numpy(np.ascontiguousarray(arr)).to(device)
+
+
+def continuous(
+    a: ArrayLike, fn: str, name: str, device: torch.device
+) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """``a`` as an (N, C, D) float64 tensor, and the output dimensions it contributes (``()`` or ``(C,)``).
+
+    (N,) is one scalar variable, (N, C) C scalar variables, (N, C, D) C variables with D components.
+    """
+    t = _to_tensor(a, fn, name, device)
+    if t.dtype.is_complex or t.dtype == torch.bool:
+        raise ValueError(f"{fn}: {name} must be real-valued (float or integer), got dtype {t.dtype}")
+    if t.dim() not in (1, 2, 3):
+        raise ValueError(
+            f"{fn}: {name} must have shape (N,), (N, C) or (N, C, D), got shape {tuple(t.shape)}"
+        )
+    t = t.to(torch.float64)
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{fn}: {name} contains NaN or Inf")
+    out_dims = () if t.dim() == 1 else (t.shape[1],)
+    if t.dim() == 1:
+        t = t[:, None, None]
+    elif t.dim() == 2:
+        t = t[:, :, None]
+    return t.contiguous(), out_dims
+
+
+def discrete(a: ArrayLike, fn: str, name: str, device: torch.device) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """``a`` as an (N, C) int64 tensor of labels, and the output dimensions it contributes."""
+    t = _to_tensor(a, fn, name, device)
+    if t.dtype.is_floating_point or t.dtype.is_complex:
+        raise ValueError(
+            f"{fn}: {name} must hold integer class labels (a discrete variable), got dtype {t.dtype}; "
+            "cast whole-valued floats to int, or use the continuous estimator"
+        )
+    if t.dim() not in (1, 2):
+        raise ValueError(f"{fn}: {name} must have shape (N,) or (N, C), got shape {tuple(t.shape)}")
+    out_dims = () if t.dim() == 1 else (t.shape[1],)
+    t = t.to(torch.int64)
+    return (t[:, None] if t.dim() == 1 else t).contiguous(), out_dims
+
+
+def check_lengths(fn: str, x: torch.Tensor, y: torch.Tensor) -> None:
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(
+            f"{fn}: x and y must have the same number of samples (first dimension), got {x.shape[0]} and {y.shape[0]}"
+        )
+
+
+def check_knn(fn: str, n: int, n_neighbors: int, jitter: float) -> None:
+    if isinstance(n_neighbors, bool) or not isinstance(n_neighbors, (int, np.integer)):
+        raise ValueError(f"{fn}: n_neighbors must be an int, got {type(n_neighbors).__name__}")
+    if not 1 <= n_neighbors < n:
+        raise ValueError(
+            f"{fn}: n_neighbors must be in [1, N - 1] = [1, {n - 1}] for N = {n} samples, got {n_neighbors}"
+        )
+    if not (isinstance(jitter, (int, float)) and math.isfinite(jitter) and jitter >= 0):
+        raise ValueError(f"{fn}: jitter must be a finite number >= 0, got {jitter!r}")
+
+
+def _column_std(x: torch.Tensor, target: bool) -> torch.Tensor:
+    """Population std (ddof = 0) of each column of (N, C) float64.
+
+    On the CPU it is computed exactly as scikit-learn does, so the scaled data agree bit for bit:
+    features with ``np.nanstd`` over the column-gathered copy ``X[:, mask]`` (which numpy lays out in
+    Fortran order, so each column is summed contiguously), a target (``mutual_info_regression``'s y) with
+    ``np.nanstd`` of each contiguous column. Elsewhere ``torch.std``, which may differ in the last bit.
+    """
+    if x.device.type != "cpu":
+        return x.std(dim=0, correction=0)
+    a = x.numpy()
+    if target:
+        return torch.from_numpy(
+            np.array([np.nanstd(np.ascontiguousarray(a[:, j])) for j in range(a.shape[1])])
+        )
+    return torch.from_numpy(np.nanstd(a[:, np.ones(a.shape[1], dtype=bool)], axis=0))
+
+
+def preprocess(
+    xs: list[torch.Tensor], jitter: float, seed: int, targets: tuple[bool, ...] = ()
+) -> list[torch.Tensor]:
+    """Scale every scalar column by its std (no centering) and add seeded jitter, as scikit-learn does.
+
+    Near-constant columns (std < 10 eps) are left unscaled. The noise is
+    ``jitter * max(1, mean |column|) * N(0, 1)``, drawn on the CPU from ``torch.Generator().manual_seed(seed)``
+    for all columns of all tensors together (in order), then moved to the data's device, so the same
+    data and seed give the same noise on every device.
+
+    ``targets[i]`` marks a tensor scaled like scikit-learn scales a regression target (see ``_column_std``).
+
+    Shapes: each (N, C_i, D_i) float64 -> same.
+    """
+    flat = [x.reshape(x.shape[0], -1) for x in xs]
+    targets = targets or (False,) * len(xs)
+    out = []
+    for f, target in zip(flat, targets):
+        std = _column_std(f, target).to(f.device)
+        std = torch.where(std < 10 * torch.finfo(torch.float64).eps, torch.ones_like(std), std)
+        out.append(f / std)
+    if jitter > 0:
+        widths = [f.shape[1] for f in out]
+        gen = torch.Generator().manual_seed(int(seed))
+        noise = torch.randn((out[0].shape[0], sum(widths)), generator=gen, dtype=torch.float64)
+        for i, chunk in enumerate(noise.split(widths, dim=1)):
+            scale = out[i].abs().mean(dim=0).clamp_min(1.0)
+            out[i] = out[i] + jitter * scale * chunk.to(out[i].device)
+    return [o.reshape(x.shape).contiguous() for o, x in zip(out, xs)]

@@ -1,0 +1,114 @@
+"""Batched multinomial logistic regression against scikit-learn's LogisticRegression."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import log_loss
+
+from latentquant.metrics.logistic import fit_logistic, predict_logistic, predict_proba_logistic
+
+
+@pytest.fixture(scope="module")
+def problem() -> tuple[np.ndarray, np.ndarray]:
+    """Non-separable: 4 noisy features, targets of 2, 3, 5 and 7 classes with unequal frequencies."""
+    rng = np.random.default_rng(0)
+    n = 1500
+    latent = rng.standard_normal((n, 4))
+    targets = []
+    for c, scale in ((2, 1.0), (3, 1.5), (5, 2.0), (7, 0.7)):
+        logits = latent @ rng.standard_normal((4, c)) * scale + rng.standard_normal(c)
+        gumbel = -np.log(-np.log(rng.uniform(size=(n, c))))
+        targets.append(np.argmax(logits + gumbel, axis=1))
+    return latent, np.stack(targets, axis=1)
+
+
+def _sklearn_log_loss(x: np.ndarray, y: np.ndarray, **kwargs: object) -> tuple[float, LogisticRegression]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        model = LogisticRegression(**{"max_iter": 100, **kwargs}).fit(x, y)
+    return log_loss(y, model.predict_proba(x)), model
+
+
+def _balanced_objective(y: np.ndarray, probabilities: np.ndarray) -> float:
+    weight = (len(y) / (probabilities.shape[1] * np.bincount(y)))[y]
+    return float(-(weight * np.log(probabilities[np.arange(len(y)), y])).sum() / weight.sum())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_balanced_unpenalized_matches_sklearn(
+    problem: tuple[np.ndarray, np.ndarray], dtype: torch.dtype
+) -> None:
+    x, y = problem
+    fit = fit_logistic(torch.from_numpy(x).to(dtype), torch.from_numpy(y), class_weight="balanced")
+    probabilities = predict_proba_logistic(fit, torch.from_numpy(x).to(torch.float64)).numpy()
+    for t in range(y.shape[1]):
+        c = int(y[:, t].max()) + 1
+        default_loss, _ = _sklearn_log_loss(x, y[:, t], C=np.inf, class_weight="balanced")
+        _, tight = _sklearn_log_loss(x, y[:, t], C=np.inf, class_weight="balanced", tol=1e-10, max_iter=1000)
+        # the minimized (balanced) objective sits at the tightly converged optimum
+        optimum = _balanced_objective(y[:, t], tight.predict_proba(x))
+        assert _balanced_objective(y[:, t], probabilities[:, t, :c]) == pytest.approx(optimum, abs=1e-6)
+        # the reported unweighted cross-entropy is not what is minimized: it has a slope at the optimum, so
+        # two solvers that both stop at max |grad| <= 1e-4 differ in it by ~1e-4 (scikit-learn itself moves
+        # 1e-4 between tol=1e-4 and tol=1e-10 here)
+        assert float(fit.cross_entropy[t]) == pytest.approx(default_loss, abs=1e-3)
+    assert (fit.n_iter > 0).all() and (fit.n_iter < 100).all()
+
+
+def test_l2_solves_sklearn_default_problem(problem: tuple[np.ndarray, np.ndarray]) -> None:
+    """Same objective as LogisticRegression() (C = 1), binary targets included: both converged tightly,
+    the models agree to solver precision."""
+    x, y = problem
+    features = torch.from_numpy(x)
+    fit = fit_logistic(
+        features, torch.from_numpy(y), class_weight=None, l2=1.0 / len(x), tol=1e-9, max_iter=500
+    )
+    probabilities = predict_proba_logistic(fit, features).numpy()
+    for t in range(y.shape[1]):
+        _, model = _sklearn_log_loss(x, y[:, t], tol=1e-10, max_iter=1000)
+        c = model.classes_.size
+        np.testing.assert_allclose(probabilities[:, t, :c], model.predict_proba(x), atol=1e-6)
+        np.testing.assert_array_equal(probabilities[:, t, c:], 0.0)
+
+
+def test_batched_equals_separate_fits(problem: tuple[np.ndarray, np.ndarray]) -> None:
+    """Padding targets to the widest class count changes nothing: each target keeps its own L-BFGS."""
+    x, y = problem
+    features = torch.from_numpy(x)
+    batched = fit_logistic(features, torch.from_numpy(y))
+    for t in range(y.shape[1]):
+        alone = fit_logistic(features, torch.from_numpy(y[:, t : t + 1]))
+        assert float(alone.cross_entropy[0]) == pytest.approx(float(batched.cross_entropy[t]), abs=1e-9)
+        assert int(alone.n_iter[0]) == int(batched.n_iter[t])
+
+
+def test_zero_features_give_log_classes(problem: tuple[np.ndarray, np.ndarray]) -> None:
+    _, y = problem
+    fit = fit_logistic(torch.zeros(len(y), 3, dtype=torch.float64), torch.from_numpy(y))
+    np.testing.assert_allclose(fit.cross_entropy.numpy(), np.log([2, 3, 5, 7]), atol=1e-12)
+    assert (fit.n_iter == 0).all()  # balanced weights: the zero start is already optimal
+
+
+def test_separable_data_runs_the_full_budget() -> None:
+    y = np.repeat(np.arange(3), 50)
+    fit = fit_logistic(torch.from_numpy(y[:, None] * 1.0), torch.from_numpy(y[:, None]), max_iter=100)
+    assert float(fit.cross_entropy[0]) < 0.05
+    assert (predict_logistic(fit, torch.from_numpy(y[:, None] * 1.0))[:, 0].numpy() == y).all()
+
+
+def test_bad_arguments_are_named() -> None:
+    with pytest.raises(ValueError, match="features must be a 2-D float tensor"):
+        fit_logistic(torch.zeros(4, 2, dtype=torch.int64), torch.zeros(4, 1, dtype=torch.int64))
+    with pytest.raises(ValueError, match=r"labels must have shape \(N, T\) with N = 4"):
+        fit_logistic(torch.zeros(4, 2), torch.zeros(5, 1, dtype=torch.int64))
+    with pytest.raises(ValueError, match="class_weight must be"):
+        fit_logistic(torch.zeros(4, 2), torch.zeros(4, 1, dtype=torch.int64), class_weight="auto")
+    fit = fit_logistic(torch.randn(6, 2), torch.tensor([[0], [1], [0], [1], [0], [1]]))
+    with pytest.raises(ValueError, match=r"features must have shape \(N, 2\)"):
+        predict_logistic(fit, torch.zeros(3, 5))
