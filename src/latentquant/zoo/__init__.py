@@ -1,1 +1,36 @@
+"""The model zoo: QLAE and its ablations, AE, β-VAE, β-TCVAE, BioAE and VQ-VAE, with the paper's encoder and
+style-modulated decoder (and smaller variants), selected by name.
 
+``build_model(name, num_latents, image_shape, encoder=..., decoder=..., **hyperparameters)`` builds one;
+``MODELS`` lists them; ``default_hyperparameters`` and ``default_weight_decay`` give the paper's settings.
+"""
+
+from latentquant.zoo.ae import AE, BioAE
+from latentquant.zoo.base import Autoencoder, binary_cross_entropy
+from latentquant.zoo.decoders import DECODERS, StyleDecoder, build_decoder
+from latentquant.zoo.encoders import ENCODERS, ConvEncoder, build_encoder
+from latentquant.zoo.qlae import QLAE
+from latentquant.zoo.registry import MODELS, build_model, default_hyperparameters, default_weight_decay
+from latentquant.zoo.vae import BetaTCVAE, BetaVAE
+from latentquant.zoo.vqvae import VQVAE
+
+__all__ = [
+    "AE",
+    "DECODERS",
+    "ENCODERS",
+    "MODELS",
+    "QLAE",
+    "VQVAE",
+    "Autoencoder",
+    "BetaTCVAE",
+    "BetaVAE",
+    "BioAE",
+    "ConvEncoder",
+    "StyleDecoder",
+    "binary_cross_entropy",
+    "build_decoder",
+    "build_encoder",
+    "build_model",
+    "default_hyperparameters",
+    "default_weight_decay",
+]

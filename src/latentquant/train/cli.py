@@ -1,0 +1,126 @@
+"""``latentquant train`` and ``latentquant evaluate``: train a zoo model / re-evaluate a run directory."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from latentquant.cli import UsageError
+
+_EPILOG = """examples:
+  latentquant train --model qlae --dataset shapes3d --steps 3000 --seed 0 --out runs/qlae
+  latentquant train --config configs/demo.yaml --out runs/demo batch_size=32 model_args.num_values=12
+  latentquant train --resume runs/demo steps=6000
+  latentquant evaluate runs/demo
+
+Every setting of latentquant.train.TrainConfig can be given as key=value (values are YAML scalars;
+model arguments as model_args.<name>=value). Precedence: defaults < --config file < flags < key=value."""
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``train`` and ``evaluate`` sub-commands to the ``latentquant`` parser."""
+    train = subparsers.add_parser(
+        "train",
+        help="train a zoo model, evaluate it and write a report",
+        description="Train a zoo model (QLAE, AE, beta-VAE, beta-TCVAE, BioAE, VQ-VAE) with the paper's "
+        "defaults, evaluate InfoM/InfoE/InfoC and PSNR, and write the run directory with report.html.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    train.add_argument("--config", type=Path, help="YAML file of settings")
+    train.add_argument(
+        "--model", help="zoo model: qlae, qlae_global, qlae_no_wd, ae, beta_vae, beta_tcvae, bioae, vqvae"
+    )
+    train.add_argument("--dataset", help="dataset name (shapes3d, dsprites, ...)")
+    train.add_argument(
+        "--data-path", help="path of the real dataset file, where the dataset loader needs one"
+    )
+    train.add_argument("--steps", type=int, help="optimizer steps in total")
+    train.add_argument("--seed", type=int, help="random seed")
+    train.add_argument("--out", type=Path, help="run directory to create")
+    train.add_argument(
+        "--resume", type=Path, metavar="DIR", help="continue the run in DIR from its checkpoint"
+    )
+    train.add_argument(
+        "--compile", action="store_true", default=None, help="run the model under torch.compile"
+    )
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.add_argument("overrides", nargs="*", metavar="key=value", help="setting overrides")
+    train.set_defaults(func=_train)
+
+    evaluate = subparsers.add_parser(
+        "evaluate",
+        help="re-evaluate a run directory's checkpoint",
+        description="Evaluate the checkpoint in DIR (InfoM/InfoE/InfoC on the run's evaluation sample, PSNR) "
+        "and rewrite DIR/metrics.json, the figures and DIR/report.html.",
+    )
+    evaluate.add_argument(
+        "run_dir", type=Path, metavar="DIR", help="a directory written by latentquant train"
+    )
+    evaluate.add_argument(
+        "--samples", type=int, help="evaluation sample size (default: the run's eval_samples)"
+    )
+    evaluate.add_argument("--device", help="auto, cpu or cuda[:i] (default: the run's device)")
+    evaluate.set_defaults(func=_evaluate)
+
+
+def _settings(args: argparse.Namespace) -> dict[str, Any]:
+    from latentquant.train.config import load_yaml_config, merge_settings, parse_overrides
+
+    file_settings = load_yaml_config(args.config) if args.config is not None else {}
+    flags = {
+        "model": args.model,
+        "dataset": args.dataset,
+        "data_path": args.data_path,
+        "steps": args.steps,
+        "seed": args.seed,
+        "compile": args.compile,
+    }
+    flags = {k: v for k, v in flags.items() if v is not None}
+    return merge_settings(file_settings, flags, parse_overrides(args.overrides))
+
+
+def _train(args: argparse.Namespace) -> int:
+    from latentquant.train.loop import INTERRUPTED_EXIT_CODE, train
+
+    if args.resume is None and args.out is None:
+        raise UsageError("give --out DIR for a new run, or --resume DIR to continue one")
+    if args.resume is not None and args.out is not None and args.out.resolve() != args.resume.resolve():
+        raise UsageError(f"--out {args.out} and --resume {args.resume} name different directories")
+    if args.resume is not None and args.config is not None:
+        raise UsageError("--config cannot be combined with --resume (the run's own config.yaml is used)")
+    settings = _settings(args)
+    out_dir = args.resume if args.resume is not None else args.out
+    try:
+        result = train(settings, out_dir, resume=args.resume is not None, progress=not args.no_progress)
+    except KeyboardInterrupt:  # a second Ctrl-C, or one during the final evaluation
+        print(
+            f"\nInterrupted; the last checkpoint in {out_dir} is kept. Resume with: latentquant train --resume "
+            f"{out_dir} (or evaluate it with: latentquant evaluate {out_dir})",
+            file=sys.stderr,
+        )
+        return INTERRUPTED_EXIT_CODE
+    if result.interrupted:
+        return INTERRUPTED_EXIT_CODE
+    _print_summary(result.metrics or {}, result.report)
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from latentquant.train.run import evaluate_run
+
+    metrics, report = evaluate_run(args.run_dir, eval_samples=args.samples, device=args.device)
+    _print_summary(metrics, report)
+    return 0
+
+
+def _print_summary(metrics: dict[str, Any], report: Path | None) -> None:
+    fields = [f"{k}={metrics[k]:.4f}" for k in ("infom", "infoe", "infoc", "psnr") if k in metrics]
+    print(
+        f"{metrics.get('model')} on {metrics.get('dataset')}, {metrics.get('steps')} steps: {' '.join(fields)}"
+    )
+    if report is not None:
+        print(f"Report: {report}")
+    sys.stdout.flush()

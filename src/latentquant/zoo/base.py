@@ -1,0 +1,106 @@
+"""The autoencoder interface every zoo model implements, and the reconstruction loss they share.
+
+A model maps images ``x (B, C, H, W)`` in [0, 1] to an output dict (``forward``), turns that dict into
+named loss terms (``losses``; the key ``"loss"`` is the total that is minimized), and exposes the
+representation that evaluation scores (``representation``) together with a decoder from that
+representation back to images (``decode_representation``) and the values a latent traversal visits
+(``traversal_values``).
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from latentquant.zoo.decoders import build_decoder
+from latentquant.zoo.encoders import build_encoder
+
+
+def binary_cross_entropy(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Sigmoid binary cross-entropy on logits, the mean over pixels, channels and the batch (the paper's loss).
+
+    Shapes:
+        logits, x: ``(B, C, H, W)``; returns a scalar.
+    """
+    return F.binary_cross_entropy_with_logits(logits.float(), x.float())
+
+
+class Autoencoder(nn.Module, abc.ABC):
+    """Base class of the zoo's autoencoders: an encoder, a latent layer and a style decoder.
+
+    Subclasses set ``name``, ``discrete_latents``, ``hyperparameters`` (name -> paper default),
+    ``dataset_hyperparameters`` (dataset -> overrides of the defaults) and implement ``forward``,
+    ``losses`` and ``representation``.
+
+    Args:
+        num_latents: number of latent dimensions L.
+        image_shape: ``(C, H, W)`` of the images.
+        encoder: name of the encoder (see ``latentquant.zoo.encoders.ENCODERS``).
+        decoder: name of the decoder (see ``latentquant.zoo.decoders.DECODERS``).
+        encoder_features: size of the encoder's output (default L).
+        decoder_features: size of the decoder's input (default L).
+    """
+
+    name: ClassVar[str] = ""
+    discrete_latents: ClassVar[bool] = False
+    hyperparameters: ClassVar[dict[str, Any]] = {}
+    dataset_hyperparameters: ClassVar[dict[str, dict[str, Any]]] = {}
+
+    def __init__(
+        self,
+        num_latents: int,
+        image_shape: tuple[int, int, int],
+        encoder: str = "cpu",
+        decoder: str = "cpu",
+        encoder_features: int | None = None,
+        decoder_features: int | None = None,
+    ) -> None:
+        super().__init__()
+        if num_latents < 1:
+            raise ValueError(f"num_latents must be >= 1, got {num_latents}")
+        if len(image_shape) != 3:
+            raise ValueError(f"image_shape must be (C, H, W), got {image_shape}")
+        self.num_latents = int(num_latents)
+        self.image_shape = tuple(int(s) for s in image_shape)
+        self.pixels = self.image_shape[0] * self.image_shape[1] * self.image_shape[2]
+        self.encoder = build_encoder(encoder, self.image_shape, encoder_features or num_latents)
+        self.decoder = build_decoder(decoder, decoder_features or num_latents, self.image_shape)
+
+    @classmethod
+    def default_hyperparameters(cls, dataset: str) -> dict[str, Any]:
+        """The paper's hyperparameters of this model for ``dataset`` (the defaults where the paper has none)."""
+        return {**cls.hyperparameters, **cls.dataset_hyperparameters.get(dataset, {})}
+
+    @abc.abstractmethod
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Encode and decode ``x (B, C, H, W)``; the dict holds at least ``"x_hat_logits" (B, C, H, W)``."""
+
+    @abc.abstractmethod
+    def losses(self, x: torch.Tensor, outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Named scalar loss terms of a batch (unweighted, as the paper logs them) and ``"loss"``, the total."""
+
+    @abc.abstractmethod
+    def representation(self, outputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The latents evaluation scores, ``(B, L)`` float (for discrete latents: their values or codes)."""
+
+    def decode_representation(self, latents: torch.Tensor) -> torch.Tensor:
+        """Image logits ``(B, C, H, W)`` from representation latents ``(B, L)`` (as ``representation`` gives)."""
+        return self.decoder(latents)
+
+    def traversal_values(self, latents: torch.Tensor, steps: int) -> list[torch.Tensor]:
+        """Per latent, the 1-D values a traversal visits, from the representation of a sample ``(N, L)``.
+
+        Continuous latents: ``steps`` values evenly spaced between the 2nd and 98th percentile.
+        """
+        lo = torch.quantile(latents.float(), 0.02, dim=0)
+        hi = torch.quantile(latents.float(), 0.98, dim=0)
+        grid = torch.linspace(0.0, 1.0, steps, device=latents.device)
+        return [lo[j] + (hi[j] - lo[j]) * grid for j in range(latents.shape[1])]
+
+    def codebook_parameters(self) -> list[nn.Parameter]:
+        """Parameters of codebooks (excluded from weight decay and gradient clipping); none by default."""
+        return []

@@ -1,0 +1,136 @@
+"""Style-modulated image decoders: the paper's network and smaller variants, selected by name.
+
+The latent ``z`` goes through dense blocks (linear, ReLU) to a style vector ``w``. A learned constant
+``(input_channels, h, w)`` (initialized to 0.1) is upsampled by transposed-conv blocks; each block applies
+LeakyReLU 0.2, then instance norm without affine parameters, then a per-channel scale and bias
+``ReLU(Linear(w))``. A 3x3 convolution gives the output logits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class DecoderSpec:
+    """Shape of a style decoder: mapping widths, constant-input channels, then one entry per block."""
+
+    dense_widths: tuple[int, ...]
+    input_channels: int
+    widths: tuple[int, ...]
+    kernel_sizes: tuple[int, ...]
+    strides: tuple[int, ...]
+
+
+DECODERS: dict[str, DecoderSpec] = {
+    # The paper's decoder: mapping 256, 256; constant 256x4x4; 12 blocks 256 -> 32 channels.
+    "paper": DecoderSpec(
+        dense_widths=(256, 256),
+        input_channels=256,
+        widths=(256, 256, 256, 128, 128, 128, 64, 64, 64, 32, 32, 32),
+        kernel_sizes=(3, 3, 4) * 4,
+        strides=(1, 1, 2) * 4,
+    ),
+    # The authors' "small" decoder: four stride-2 blocks 512 -> 64 channels.
+    "small": DecoderSpec(
+        dense_widths=(512,),
+        input_channels=512,
+        widths=(512, 256, 128, 64),
+        kernel_sizes=(4,) * 4,
+        strides=(2,) * 4,
+    ),
+    # Sized for a 2-core CPU.
+    "cpu": DecoderSpec(
+        dense_widths=(256,),
+        input_channels=64,
+        widths=(64, 64, 32, 16),
+        kernel_sizes=(4,) * 4,
+        strides=(2,) * 4,
+    ),
+    # For tests.
+    "tiny": DecoderSpec(
+        dense_widths=(32,), input_channels=8, widths=(8, 8, 8, 8), kernel_sizes=(4,) * 4, strides=(2,) * 4
+    ),
+}
+
+
+class StyleBlock(nn.Module):
+    """Transposed conv -> LeakyReLU 0.2 -> instance norm -> ``x * scale + bias``, (scale, bias) = ReLU(Linear(w)).
+
+    Shapes:
+        ``forward(x, w)``: x ``(B, C_in, H, W)``, w ``(B, style_features)`` -> ``(B, C_out, H', W')``.
+    """
+
+    def __init__(
+        self, in_channels: int, out_channels: int, kernel_size: int, stride: int, style_features: int
+    ):
+        super().__init__()
+        padding = 1 if (kernel_size, stride) in ((3, 1), (4, 2)) else (kernel_size - stride) // 2
+        self.conv = nn.ConvTranspose2d(in_channels, out_channels, kernel_size, stride, padding)
+        self.activation = nn.LeakyReLU(0.2)
+        self.norm = nn.InstanceNorm2d(out_channels, affine=False, eps=1e-6)
+        self.style = nn.Linear(style_features, 2 * out_channels)
+
+    def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        scale, bias = torch.relu(self.style(w)).chunk(2, dim=1)
+        x = self.norm(self.activation(self.conv(x)))
+        return x * scale[:, :, None, None] + bias[:, :, None, None]
+
+
+class StyleDecoder(nn.Module):
+    """The style-modulated decoder (see the module docstring).
+
+    Args:
+        spec: the block layout (see :data:`DECODERS`).
+        in_features: size of the latent input.
+        image_shape: ``(C, H, W)`` of the images to produce; H and W divisible by the product of the strides.
+
+    Shapes:
+        ``forward(z)``: z ``(B, in_features)`` -> logits ``(B, C, H, W)``.
+    """
+
+    def __init__(self, spec: DecoderSpec, in_features: int, image_shape: tuple[int, int, int]) -> None:
+        super().__init__()
+        if not (len(spec.widths) == len(spec.kernel_sizes) == len(spec.strides)):
+            raise ValueError(f"decoder spec has mismatched block lists: {spec}")
+        channels, height, width = image_shape
+        upsampling = 1
+        for stride in spec.strides:
+            upsampling *= stride
+        if height % upsampling or width % upsampling:
+            raise ValueError(
+                f"image size {height}x{width} is not divisible by the decoder's upsampling {upsampling}"
+            )
+        mapping: list[nn.Module] = []
+        features = in_features
+        for width_out in spec.dense_widths:
+            mapping += [nn.Linear(features, width_out), nn.ReLU()]
+            features = width_out
+        self.mapping = nn.Sequential(*mapping)
+        self.input_map = nn.Parameter(
+            torch.full((spec.input_channels, height // upsampling, width // upsampling), 0.1)
+        )
+        blocks = []
+        in_channels = spec.input_channels
+        for width_out, kernel, stride in zip(spec.widths, spec.kernel_sizes, spec.strides):
+            blocks.append(StyleBlock(in_channels, width_out, kernel, stride, features))
+            in_channels = width_out
+        self.blocks = nn.ModuleList(blocks)
+        self.output = nn.Conv2d(in_channels, channels, 3, 1, 1)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        w = self.mapping(z)
+        x = self.input_map.unsqueeze(0).expand(z.shape[0], -1, -1, -1)
+        for block in self.blocks:
+            x = block(x, w)
+        return self.output(x)
+
+
+def build_decoder(name: str, in_features: int, image_shape: tuple[int, int, int]) -> StyleDecoder:
+    """Build the decoder called ``name`` (one of :data:`DECODERS`)."""
+    if name not in DECODERS:
+        raise ValueError(f"unknown decoder {name!r}; choose one of {sorted(DECODERS)}")
+    return StyleDecoder(DECODERS[name], in_features, image_shape)

@@ -1,0 +1,93 @@
+"""The zoo's model names, their classes and the paper's per-model, per-dataset defaults."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from latentquant.zoo.ae import AE, BioAE
+from latentquant.zoo.base import Autoencoder
+from latentquant.zoo.qlae import QLAE
+from latentquant.zoo.vae import BetaTCVAE, BetaVAE
+from latentquant.zoo.vqvae import VQVAE
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A named model: its class, hyperparameter defaults on top of the class's, and its weight decay."""
+
+    cls: type[Autoencoder]
+    description: str
+    weight_decay: float
+    dataset_weight_decay: dict[str, float] = field(default_factory=dict)
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+MODELS: dict[str, ModelEntry] = {
+    "qlae": ModelEntry(
+        QLAE, "quantized-latent autoencoder (per-latent scalar codebooks)", 0.1, {"mpi3d": 0.001}
+    ),
+    "qlae_global": ModelEntry(
+        QLAE,
+        "QLAE ablation: one codebook shared by all latents",
+        0.1,
+        {"mpi3d": 0.001},
+        {"global_codebook": True},
+    ),
+    "qlae_no_wd": ModelEntry(QLAE, "QLAE ablation: without weight decay", 0.0),
+    "ae": ModelEntry(AE, "autoencoder, continuous latents, reconstruction loss only", 0.0),
+    "beta_vae": ModelEntry(BetaVAE, "beta-VAE", 0.0),
+    "beta_tcvae": ModelEntry(BetaTCVAE, "beta-TCVAE (minibatch-weighted sampling)", 0.0),
+    "bioae": ModelEntry(BioAE, "BioAE: non-negativity and activity penalties", 1e-4),
+    "vqvae": ModelEntry(VQVAE, "VQ-VAE, 512 x 64 codebook, one code per latent slot", 0.01),
+}
+
+
+def _entry(name: str) -> ModelEntry:
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
+    return MODELS[name]
+
+
+def default_hyperparameters(name: str, dataset: str) -> dict[str, Any]:
+    """The paper's hyperparameters of model ``name`` on ``dataset`` (keys the model's constructor accepts)."""
+    entry = _entry(name)
+    return {**entry.cls.default_hyperparameters(dataset), **entry.overrides}
+
+
+def default_weight_decay(name: str, dataset: str) -> float:
+    """The paper's AdamW weight decay for model ``name`` on ``dataset``."""
+    entry = _entry(name)
+    return entry.dataset_weight_decay.get(dataset, entry.weight_decay)
+
+
+def build_model(
+    name: str,
+    num_latents: int,
+    image_shape: tuple[int, int, int],
+    encoder: str = "cpu",
+    decoder: str = "cpu",
+    **hyperparameters: Any,
+) -> Autoencoder:
+    """Build zoo model ``name``.
+
+    Args:
+        name: one of :data:`MODELS`.
+        num_latents: number of latents L (the paper uses twice the number of factors).
+        image_shape: ``(C, H, W)``.
+        encoder: encoder name (``latentquant.zoo.encoders.ENCODERS``).
+        decoder: decoder name (``latentquant.zoo.decoders.DECODERS``).
+        **hyperparameters: model hyperparameters; unspecified ones take the model's defaults.
+
+    Raises:
+        ValueError: an unknown model, encoder or decoder, or a hyperparameter the model does not have.
+    """
+    entry = _entry(name)
+    known = {**entry.cls.hyperparameters, **entry.overrides}
+    unknown = sorted(set(hyperparameters) - set(known))
+    if unknown:
+        raise ValueError(
+            f"model {name!r} has no hyperparameter(s) {unknown}; its hyperparameters are {sorted(known)}"
+        )
+    kwargs = {**entry.overrides, **hyperparameters}
+    return entry.cls(num_latents, image_shape, encoder=encoder, decoder=decoder, **kwargs)
