@@ -114,6 +114,35 @@ def test_large_n_equals_sklearn(sklearn_without_noise):
     np.testing.assert_allclose(got, _sklearn_cd(x, y, 10), rtol=0, atol=1e-9)
 
 
+@pytest.mark.parametrize(
+    "case", ["wide_label_range", "k_beyond_window", "rare_class_gaps", "ties_beyond_window", "four_classes"]
+)
+def test_cd_kernel_paths_equal_sklearn(case, sklearn_without_noise):
+    """Each path of the C++ kernel against scikit-learn: labels too far apart for the counting encoder
+    (sorted instead), k > 64 (sequential merge instead of the window), a 1% class whose same-label gaps
+    exceed the fixed-step search width (general search), exact ties spanning more than k + 1 same-label
+    neighbours (galloping count), and wide brackets of a 4-class source."""
+    rng = np.random.default_rng(7)
+    n, k = 3000, 10
+    y = rng.integers(0, 5, (n, 2))
+    x = rng.standard_normal((n, 2)) + 0.5 * y[:, :1]
+    if case == "wide_label_range":
+        y[:, 1] = rng.choice(np.array([-(2**62), -5, 0, 2**40, 2**62]), n)
+    elif case == "k_beyond_window":
+        k = 70
+    elif case == "rare_class_gaps":
+        y[:, 1] = np.where(rng.random(n) < 0.01, 1, 0)
+        y[:, 1] += 2 * (rng.random(n) < 0.5)
+    elif case == "ties_beyond_window":
+        x[:, 1] = rng.integers(0, 6, n)
+    else:
+        y = rng.integers(0, 4, (n, 2))
+    got = mi.mutual_info_continuous_discrete(x, y, n_neighbors=k, jitter=0)
+    want = _sklearn_cd(x, y, k)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-9)
+    assert (want > 0).any()
+
+
 @pytest.mark.skipif(not HAVE_KERNEL, reason="latentquant._C not built")
 @pytest.mark.parametrize(
     ("n", "lat", "dim", "classes", "k"), [(50, 2, 1, 4, 3), (70, 2, 3, 5, 4), (23, 1, 2, 9, 2)]
