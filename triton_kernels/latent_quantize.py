@@ -1,6 +1,6 @@
 """Triton kernels of ``latentquant::latent_quantize``, the fused QLAE quantization step.
 
-Forward, one pass: index, value and per-program partial sums of (z - z_q)^2, summed by torch in a
+Forward, one pass (``scalar_quantize``'s kernel with its loss partials switched on): index, value and per-program partial sums of (z - z_q)^2, summed by torch in a
 fixed order: ``aux_loss = (qw + cw) * sum((z - z_q)^2) / numel`` (0 for empty z).
 Backward, one pass: ``grad_z = grad_z_hat + grad_loss * 2 cw (z - z_q) / numel`` and
 ``grad_values[d, k] += grad_loss * 2 qw (z_q - z) / numel`` by atomic adds (not bit-deterministic on
@@ -17,42 +17,13 @@ from latentquant.triton_kernels._common import (
     check_same_device,
     check_scalar_codebook,
     compute_dtype,
-    count_not_finite,
-    nearest_scalar,
     programs,
     raise_if_not_finite,
 )
+from latentquant.triton_kernels.scalar_quantize import BLOCK, nearest_values_fwd
 from torch.library import wrap_triton
 
 _OP = "latent_quantize"
-BLOCK = 1024
-
-
-@triton.jit
-def _latent_quantize_fwd_kernel(
-    z_ptr,
-    values_ptr,
-    z_hat_ptr,
-    indices_ptr,
-    partials_ptr,
-    flags_ptr,
-    numel,
-    D,
-    K,
-    CHECK_FINITE: tl.constexpr,
-    BLOCK: tl.constexpr,
-):
-    pid = tl.program_id(0)
-    offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < numel
-    x = tl.load(z_ptr + offs, mask=mask, other=0.0).to(values_ptr.dtype.element_ty)
-    k, v = nearest_scalar(x, values_ptr, offs % D, mask, K)
-    tl.store(z_hat_ptr + offs, v.to(z_hat_ptr.dtype.element_ty), mask=mask)
-    tl.store(indices_ptr + offs, k, mask=mask)
-    diff = tl.where(mask, x - v, 0.0)
-    tl.store(partials_ptr + pid, tl.sum(diff * diff))
-    if CHECK_FINITE:
-        tl.store(flags_ptr + pid, count_not_finite(x, mask))
 
 
 @triton.jit
@@ -81,37 +52,6 @@ def _latent_quantize_bwd_kernel(
     g = tl.load(grad_z_hat_ptr + offs, mask=mask, other=0.0).to(values_ptr.dtype.element_ty)
     tl.store(grad_z_ptr + offs, (g + z_scale * diff).to(grad_z_ptr.dtype.element_ty), mask=mask)
     tl.atomic_add(bins_ptr + bin, -v_scale * diff, mask=valid)
-
-
-def _latent_quantize_fwd(
-    z: torch.Tensor, values: torch.Tensor, check_finite: bool = True
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Nearest value per element and the per-program loss partial sums.
-
-    Shapes: z (N, D) contiguous, values (D, K) contiguous in the compute dtype ->
-    z_hat (N, D) in z's dtype, indices (N, D) int64, partials (programs,) in the compute dtype
-    (sums of (z - z_q)^2), flags (programs,) int32 (NaN/Inf counts; zeros unless ``check_finite``).
-    """
-    z_hat = torch.empty_like(z)
-    indices = torch.empty(z.shape, dtype=torch.int64, device=z.device)
-    grid = programs(z.numel(), BLOCK)
-    partials = torch.zeros(grid[0], dtype=values.dtype, device=z.device)
-    flags = torch.zeros(grid[0], dtype=torch.int32, device=z.device)
-    if z.numel():
-        wrap_triton(_latent_quantize_fwd_kernel)[grid](
-            z,
-            values,
-            z_hat,
-            indices,
-            partials,
-            flags,
-            z.numel(),
-            z.shape[1],
-            values.shape[1],
-            check_finite,
-            BLOCK,
-        )
-    return z_hat, indices, partials, flags
 
 
 def _latent_quantize_bwd(
@@ -159,7 +99,7 @@ def latent_quantize_triton(
     check_scalar_codebook(_OP, z, values)
     ct = compute_dtype(z, values)
     vals = values.to(ct).contiguous()
-    z_hat, indices, partials, flags = _latent_quantize_fwd(z.contiguous(), vals, check_finite)
+    z_hat, indices, partials, flags = nearest_values_fwd(z.contiguous(), vals, check_finite, with_loss=True)
     if check_finite:
         raise_if_not_finite(_OP, flags, vals, "values")
     if z.numel() == 0:

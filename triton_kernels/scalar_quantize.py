@@ -1,6 +1,6 @@
 """Triton kernels of ``latentquant::scalar_quantize``: per-dimension nearest scalar codebook value.
 
-``_scalar_quantize_fwd_kernel`` -> ``_scalar_quantize_fwd`` (launcher) -> ``scalar_quantize_triton``
+``_scalar_quantize_fwd_kernel`` -> ``nearest_values_fwd`` (launcher, shared with ``latent_quantize``) -> ``scalar_quantize_triton``
 (the op's CUDA kernel when ``LATENTQUANT_GPU_BACKEND=triton``) -> ``scalar_quantize_ref``.
 The backward scatter uses atomic adds: gradients are not bit-deterministic on the GPU.
 """
@@ -34,13 +34,17 @@ def _scalar_quantize_fwd_kernel(
     values_ptr,
     z_q_ptr,
     indices_ptr,
+    partials_ptr,
     flags_ptr,
     numel,
     D,
     K,
+    WITH_LOSS: tl.constexpr,
     CHECK_FINITE: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
+    """Nearest value per element; with ``WITH_LOSS`` also this program's sum of (z - z_q)^2 (the fused
+    QLAE loss of ``latent_quantize``, which launches this kernel too)."""
     pid = tl.program_id(0)
     offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < numel
@@ -48,6 +52,9 @@ def _scalar_quantize_fwd_kernel(
     k, v = nearest_scalar(x, values_ptr, offs % D, mask, K)
     tl.store(z_q_ptr + offs, v.to(z_q_ptr.dtype.element_ty), mask=mask)
     tl.store(indices_ptr + offs, k, mask=mask)
+    if WITH_LOSS:
+        diff = tl.where(mask, x - v, 0.0)
+        tl.store(partials_ptr + pid, tl.sum(diff * diff))
     if CHECK_FINITE:
         tl.store(flags_ptr + pid, count_not_finite(x, mask))
 
@@ -62,24 +69,37 @@ def _scalar_quantize_bwd_kernel(grad_ptr, indices_ptr, bins_ptr, numel, D, K, BL
     tl.atomic_add(bins_ptr + (offs % D) * K + k, g, mask=valid)
 
 
-def _scalar_quantize_fwd(
-    z: torch.Tensor, values: torch.Tensor, check_finite: bool = True
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Nearest value per element.
+def nearest_values_fwd(
+    z: torch.Tensor, values: torch.Tensor, check_finite: bool = True, with_loss: bool = False
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Nearest value per element (the forward of ``scalar_quantize`` and ``latent_quantize``).
 
     Shapes: z (N, D) contiguous, values (D, K) contiguous in the compute dtype ->
-    z_q (N, D) in z's dtype, indices (N, D) int64, flags (programs,) int32 (NaN/Inf counts; zeros when
-    ``check_finite`` is False).
+    z_q (N, D) in z's dtype, indices (N, D) int64, partials (programs,) in the compute dtype (per-program
+    sums of (z - z_q)^2 with ``with_loss``, else empty), flags (programs,) int32 (NaN/Inf counts; zeros
+    unless ``check_finite``).
     """
     z_q = torch.empty_like(z)
     indices = torch.empty(z.shape, dtype=torch.int64, device=z.device)
     grid = programs(z.numel(), BLOCK)
+    partials = torch.zeros(grid[0] if with_loss else 0, dtype=values.dtype, device=z.device)
     flags = torch.zeros(grid[0], dtype=torch.int32, device=z.device)
     if z.numel():
         wrap_triton(_scalar_quantize_fwd_kernel)[grid](
-            z, values, z_q, indices, flags, z.numel(), z.shape[1], values.shape[1], check_finite, BLOCK
+            z,
+            values,
+            z_q,
+            indices,
+            partials if with_loss else flags,  # not read or written without the loss
+            flags,
+            z.numel(),
+            z.shape[1],
+            values.shape[1],
+            with_loss,
+            check_finite,
+            BLOCK,
         )
-    return z_q, indices, flags
+    return z_q, indices, partials, flags
 
 
 def _scalar_quantize_bwd(
@@ -105,7 +125,7 @@ def scalar_quantize_triton(
     """``latentquant::scalar_quantize`` on Triton: z (N, D), values (D, K) -> z_q (N, D), indices (N, D) int64."""
     check_scalar_codebook(_OP, z, values)
     vals = values.to(compute_dtype(z, values)).contiguous()
-    z_q, indices, flags = _scalar_quantize_fwd(z.contiguous(), vals, check_finite)
+    z_q, indices, _, flags = nearest_values_fwd(z.contiguous(), vals, check_finite)
     if check_finite:
         raise_if_not_finite(_OP, flags, vals, "values")
     return z_q, indices
