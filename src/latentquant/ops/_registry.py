@@ -108,3 +108,56 @@ def backend_info() -> dict[str, object]:
         "triton_installed": triton_available(),
         "ops": ops,
     }
+
+
+def register_nearest_codebook_op(
+    op: str,
+    index_shape: Callable[[torch.Tensor], tuple[int, ...]],
+    gather: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+) -> None:
+    """Fake impls and autograd of a quantization op pair sharing one shape of contract:
+    ``op(z, table, check_finite) -> (z_q, indices)`` (indices not differentiable; the gradient reaches
+    ``table`` only, through ``op_backward(grad_z_q, indices, table) -> grad_table``), whose backward is
+    linear in grad_z_q, so its own gradient (double backward) is ``gather(grad_grad_table, indices)``.
+
+    Args:
+        op: ``"scalar_quantize"`` or ``"vector_quantize"``.
+        index_shape: z -> shape of the int64 indices.
+        gather: (grad_grad_table, indices) -> grad of grad_z_q.
+    """
+    if not HAVE_C:
+        return
+    name = f"{NAMESPACE}::{op}"
+
+    @torch.library.register_fake(name)
+    def _(z, table, check_finite=True):
+        return torch.empty_like(z), torch.empty(index_shape(z), dtype=torch.long, device=z.device)
+
+    @torch.library.register_fake(f"{name}_backward")
+    def _(grad_z_q, indices, table):
+        return torch.empty_like(table)
+
+    def setup_context(ctx, inputs, output):
+        _, table, _ = inputs
+        _, indices = output
+        ctx.save_for_backward(indices, table)
+        ctx.mark_non_differentiable(indices)
+
+    backward_op = getattr(torch.ops.latentquant, f"{op}_backward")
+
+    def backward(ctx, grad_z_q, _grad_indices):
+        indices, table = ctx.saved_tensors
+        grad_table = backward_op(grad_z_q, indices, table) if ctx.needs_input_grad[1] else None
+        return None, grad_table, None
+
+    torch.library.register_autograd(name, backward, setup_context=setup_context)
+
+    def setup_backward(ctx, inputs, output):
+        _, indices, _ = inputs
+        ctx.save_for_backward(indices)
+
+    def backward_backward(ctx, grad_grad_table):
+        (indices,) = ctx.saved_tensors
+        return gather(grad_grad_table, indices), None, None
+
+    torch.library.register_autograd(f"{name}_backward", backward_backward, setup_context=setup_backward)

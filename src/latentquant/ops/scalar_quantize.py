@@ -9,44 +9,10 @@ from latentquant.reference.scalar_quantize import scalar_quantize_ref
 
 _OP = "scalar_quantize"
 
-if _registry.HAVE_C:
-
-    @torch.library.register_fake("latentquant::scalar_quantize")
-    def _(z, values, check_finite=True):
-        return torch.empty_like(z), torch.empty(z.shape, dtype=torch.long, device=z.device)
-
-    @torch.library.register_fake("latentquant::scalar_quantize_backward")
-    def _(grad_z_q, indices, values):
-        return torch.empty_like(values)
-
-    def _setup_context(ctx, inputs, output):
-        _, values, _ = inputs
-        _, indices = output
-        ctx.save_for_backward(indices, values)
-        ctx.mark_non_differentiable(indices)
-
-    def _backward(ctx, grad_z_q, _grad_indices):
-        indices, values = ctx.saved_tensors
-        grad_values = None
-        if ctx.needs_input_grad[1]:
-            grad_values = torch.ops.latentquant.scalar_quantize_backward(grad_z_q, indices, values)
-        return None, grad_values, None
-
-    torch.library.register_autograd("latentquant::scalar_quantize", _backward, setup_context=_setup_context)
-
-    # The backward is linear in grad_z_q: its own gradient is a gather (double backward).
-    def _setup_backward(ctx, inputs, output):
-        _, indices, _ = inputs
-        ctx.save_for_backward(indices)
-
-    def _backward_backward(ctx, grad_grad_values):
-        (indices,) = ctx.saved_tensors
-        return grad_grad_values.gather(1, indices.t()).t(), None, None
-
-    torch.library.register_autograd(
-        "latentquant::scalar_quantize_backward", _backward_backward, setup_context=_setup_backward
-    )
-
+# Fake impls and autograd; the backward's own gradient (double backward) is a gather of indices.
+_registry.register_nearest_codebook_op(
+    _OP, lambda z: tuple(z.shape), lambda ggv, indices: ggv.gather(1, indices.t()).t()
+)
 
 _registry.PUBLIC_OPS.append(_OP)
 _registry.register_triton_module(_OP)

@@ -9,44 +9,8 @@ from latentquant.reference.vector_quantize import vector_quantize_ref
 
 _OP = "vector_quantize"
 
-if _registry.HAVE_C:
-
-    @torch.library.register_fake("latentquant::vector_quantize")
-    def _(z, codebook, check_finite=True):
-        return torch.empty_like(z), torch.empty(z.shape[:1], dtype=torch.long, device=z.device)
-
-    @torch.library.register_fake("latentquant::vector_quantize_backward")
-    def _(grad_z_q, indices, codebook):
-        return torch.empty_like(codebook)
-
-    def _setup_context(ctx, inputs, output):
-        _, codebook, _ = inputs
-        _, indices = output
-        ctx.save_for_backward(indices, codebook)
-        ctx.mark_non_differentiable(indices)
-
-    def _backward(ctx, grad_z_q, _grad_indices):
-        indices, codebook = ctx.saved_tensors
-        grad_codebook = None
-        if ctx.needs_input_grad[1]:
-            grad_codebook = torch.ops.latentquant.vector_quantize_backward(grad_z_q, indices, codebook)
-        return None, grad_codebook, None
-
-    torch.library.register_autograd("latentquant::vector_quantize", _backward, setup_context=_setup_context)
-
-    # The backward is linear in grad_z_q: its own gradient is a row gather (double backward).
-    def _setup_backward(ctx, inputs, output):
-        _, indices, _ = inputs
-        ctx.save_for_backward(indices)
-
-    def _backward_backward(ctx, grad_grad_codebook):
-        (indices,) = ctx.saved_tensors
-        return grad_grad_codebook[indices], None, None
-
-    torch.library.register_autograd(
-        "latentquant::vector_quantize_backward", _backward_backward, setup_context=_setup_backward
-    )
-
+# Fake impls and autograd; the backward's own gradient (double backward) is a gather of indices.
+_registry.register_nearest_codebook_op(_OP, lambda z: tuple(z.shape[:1]), lambda ggc, indices: ggc[indices])
 
 _registry.PUBLIC_OPS.append(_OP)
 _registry.register_triton_module(_OP)
