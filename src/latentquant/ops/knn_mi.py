@@ -24,6 +24,7 @@ if _registry.HAVE_C:
     def _(x, y, n_neighbors):
         return x.new_empty((x.shape[1], y.shape[1]))
 
+
 _registry.PUBLIC_OPS.extend(["knn_mi_cd", "knn_mi_cc"])
 _registry.register_triton_module("knn_mi")
 
