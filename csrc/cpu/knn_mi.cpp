@@ -339,6 +339,7 @@ struct CdScratch {
   std::vector<double> kept;       // non-singleton values: in sorted order (D == 1) / (n_kept, D) rows
   std::vector<double> radius2;    // D > 1: per kept point
   std::vector<double> buf;
+  std::vector<double> gaps;       // D == 1: squared gaps of a block (window_block)
   std::vector<int32_t> hist;      // D == 1: how many points have each count m (zero between pairs)
 };
 
@@ -447,16 +448,34 @@ inline int64_t last_within(const double* v, int64_t in, int64_t out, double x, d
 // The windowed k-th neighbour search and the same-label counts for positions t0 .. t0 + len - 1 of a
 // sorted run with at least k + 1 sentinels on either side (see mi_cd_scalar), vectorized over positions:
 // r2[i] = (the largest double below sqrt(kth))^2 and i0[i] / i1[i] = how many of the k + 1 nearest run
-// entries on the left / right are within it. IEEE sub/mul/min/max/sqrt round the same in every vector
-// width, so the AVX2 clone and the baseline return identical bits (no FMA: contraction is off).
+// entries on the left / right are within it. Each squared gap is computed once, D_j[i] =
+// (run[i] - run[i + j])^2 for j = 1 .. k + 1 and i = -j .. len - 1 (row j of `gaps`, offset by j), and
+// serves as the right distance of i and the left distance of i + j ((a - b)^2 == (b - a)^2 exactly).
+// IEEE sub/mul/min/max/sqrt round the same in every vector width, so the AVX2 clone and the baseline
+// return identical bits (no FMA: contraction is off).
 __attribute__((target_clones("avx2", "default"))) void window_block(const double* run, int64_t len, int64_t k,
-                                                                    double* r2, int32_t* i0, int32_t* i1) {
-  for (int64_t i = 0; i < len; ++i) r2[i] = sq(run[i] - run[i + k]);  // j = 0: all k on the right
+                                                                    double* r2, int32_t* i0, int32_t* i1,
+                                                                    double* gaps) {
+  const int64_t stride = len + k + 1;
+  for (int64_t j = 1; j <= k + 1; ++j) {
+    double* row = gaps + (j - 1) * stride;  // row[j + i] = D_j[i]
+    const double* lo = run - j;
+    const double* hi = run;
+    for (int64_t i = 0; i < len + j; ++i) row[i] = sq(lo[i] - hi[i]);
+  }
+  auto right = [&](int64_t j) { return gaps + (j - 1) * stride + j; };  // right(j)[i] = D_j[i]
+  auto left = [&](int64_t j) { return gaps + (j - 1) * stride; };       // left(j)[i] = D_j[i - j]
+  const double* dk = right(k);
+  for (int64_t i = 0; i < len; ++i) r2[i] = dk[i];  // j = 0: all k on the right
   for (int64_t j = 1; j <= k; ++j) {
-    const double* left = run - j;
-    const double* right = run + (k - j);
+    const double* l = left(j);
+    const double* r = j < k ? right(k - j) : nullptr;
+    if (r == nullptr) {  // j = k: all k on the left
+      for (int64_t i = 0; i < len; ++i) r2[i] = l[i] < r2[i] ? l[i] : r2[i];
+      continue;
+    }
     for (int64_t i = 0; i < len; ++i) {
-      const double d = std::max(sq(run[i] - left[i]), sq(run[i] - right[i]));
+      const double d = std::max(l[i], r[i]);
       r2[i] = d < r2[i] ? d : r2[i];
     }
   }
@@ -468,11 +487,11 @@ __attribute__((target_clones("avx2", "default"))) void window_block(const double
   }
   for (int64_t i = 0; i < len; ++i) i0[i] = i1[i] = 0;
   for (int64_t j = 1; j <= k + 1; ++j) {
-    const double* left = run - j;
-    const double* right = run + j;
+    const double* l = left(j);
+    const double* r = right(j);
     for (int64_t i = 0; i < len; ++i) {
-      i0[i] += sq(run[i] - left[i]) <= r2[i];
-      i1[i] += sq(run[i] - right[i]) <= r2[i];
+      i0[i] += l[i] <= r2[i];
+      i1[i] += r[i] <= r2[i];
     }
   }
 }
@@ -530,6 +549,8 @@ double mi_cd_scalar(const Column& col, const Codes& lab, int64_t n, int64_t n_ne
   CountHistogram sum_m(s.hist, n);
   const double* kept = s.kept.data();
   constexpr int64_t kBlock = 256;
+  const int64_t max_window = std::min(n_neighbors, kMaxWindow);
+  s.gaps.resize((max_window + 1) * (kBlock + max_window + 1));
   double r2b[kBlock];
   int32_t i0b[kBlock], i1b[kBlock];
   for (int64_t c = 0; c < classes; ++c) {
@@ -559,7 +580,7 @@ double mi_cd_scalar(const Column& col, const Codes& lab, int64_t n, int64_t n_ne
     const int64_t width = std::min<int64_t>(kSearchWidth, std::bit_ceil<uint64_t>(std::max<int64_t>(3 * n_kept / cnt, 4)));
     for (int64_t t0 = 0; t0 < cnt; t0 += kBlock) {
       const int64_t len = std::min(kBlock, cnt - t0);
-      window_block(run + t0, len, k, r2b, i0b, i1b);
+      window_block(run + t0, len, k, r2b, i0b, i1b, s.gaps.data());
       for (int64_t i = 0; i < len; ++i) {
         const int64_t t = t0 + i, a = i0b[i], b = i1b[i];
         const double v = run[t], r2 = r2b[i];
