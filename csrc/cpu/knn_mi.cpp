@@ -3,12 +3,14 @@
 //
 // Distances are computed exactly as scikit-learn's searches compute them (see
 // src/latentquant/reference/knn_mi.py), so with the same input the estimates agree to rounding of the
-// final means. Scalar latents (D == 1) use their sort order: each latent is argsorted once and the order
-// is reused for every source, so a pair costs O(N (k + log m)) -- the k-th same-label neighbour is the
-// k-th smallest of k candidates on either side in the label's sorted run, and the count "within r" is two
-// galloping searches around the point in the sorted array. Vector-valued latents (D > 1) use blocked
-// brute force, O(N^2 D) per pair. Pairs run in parallel (at::parallel_for); each pair is computed by one
-// thread in a fixed order, so results do not depend on the thread count.
+// final means. Scalar latents (D == 1) use their sort order: each latent is argsorted once (radix sort)
+// and the order is reused for every source, so a pair costs O(N k) plus a short search per point -- the k
+// same-label neighbours of a point form a window of its label's sorted run (min over k + 1 windows,
+// vectorized over points), and the count "within r" is bracketed by same-label entries, so its search
+// spans the gap between two of them (~N / count positions), not the whole neighbourhood (mi_cd_scalar).
+// Vector-valued latents (D > 1) use blocked brute force, O(N^2 D) per pair. Pairs run in parallel
+// (at::parallel_for); each pair is computed by one thread in a fixed order, so results do not depend on
+// the thread count.
 //
 // Digamma: computed here in double (recurrence to x >= 10, then the asymptotic series to x^-12, error
 // below 1e-15), tabulated once per call for the integers 0..N.
