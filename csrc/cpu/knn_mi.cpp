@@ -402,24 +402,10 @@ inline double below(double d) {
   return d;
 }
 
-// Searches for the edges of the run of positions p of the sorted array v with sq(x - v[p]) <= r2 (a
-// contiguous run: distances grow away from x). Both take a bracket from the same-label entries: `in` is
-// inside the run and `out` outside it (or -1 / n). When the bracket is at most `width` (a power of two up
-// to kSearchWidth) wide -- nearly always: it spans the gap between two same-label points -- a fixed-length
-// branch-free binary search runs: no mispredicted loop exit, so consecutive points' searches overlap in
-// the pipeline. It may read up to `width` positions past `in` (the caller pads v with kSearchWidth
-// trailing +inf entries).
-constexpr int64_t kSearchWidth = 64;
-
-inline int64_t first_within(const double* v, int64_t out, int64_t in, double x, double r2, int64_t width) {
-  if (in - out <= width) {
-    int64_t base = out;  // outside; the answer is the first position after the last outside one
-    for (int64_t step = width / 2; step >= 1; step /= 2) {
-      const int64_t cand = base + step;
-      base = (cand < in && !(sq(x - v[cand]) <= r2)) ? cand : base;
-    }
-    return base + 1;
-  }
+// Edges of the run of positions p of the sorted array v with sq(x - v[p]) <= r2 (a contiguous run:
+// distances grow away from x). Both take a bracket from the same-label entries: `in` is inside the run
+// and `out` outside it (or -1 / n). The general search is a binary search over the bracket.
+inline int64_t first_within(const double* v, int64_t out, int64_t in, double x, double r2) {
   while (in - out > 1) {
     const int64_t mid = out + (in - out) / 2;
     const bool w = sq(x - v[mid]) <= r2;
@@ -429,15 +415,7 @@ inline int64_t first_within(const double* v, int64_t out, int64_t in, double x, 
   return in;
 }
 
-inline int64_t last_within(const double* v, int64_t in, int64_t out, double x, double r2, int64_t width) {
-  if (out - in <= width) {
-    int64_t base = in;  // inside; the answer is the last inside position
-    for (int64_t step = width / 2; step >= 1; step /= 2) {
-      const int64_t cand = base + step;
-      base = (cand < out && sq(x - v[cand]) <= r2) ? cand : base;
-    }
-    return base;
-  }
+inline int64_t last_within(const double* v, int64_t in, int64_t out, double x, double r2) {
   while (out - in > 1) {
     const int64_t mid = in + (out - in) / 2;
     const bool w = sq(x - v[mid]) <= r2;
@@ -445,6 +423,56 @@ inline int64_t last_within(const double* v, int64_t in, int64_t out, double x, d
     out = w ? out : mid;
   }
   return in;
+}
+
+// Nearly always the bracket spans only the gap between two same-label points (~N / count positions), and
+// then counting the inside positions of a fixed W-wide stretch (masked to the bracket) beats the binary
+// search: W independent compares that vectorize, no chain of dependent loads, no branch. They may read
+// W positions on either side of `in` (v is padded with kSearchWidth entries at both ends).
+constexpr int64_t kSearchWidth = 64;
+
+// m = last - first + 1 for brackets (lo_out, lo_in] and [hi_in, hi_out), or -1 if one is wider than W.
+template <int W>
+inline int64_t count_bracketed(const double* v, int64_t lo_out, int64_t lo_in, int64_t hi_in, int64_t hi_out,
+                               double x, double r2) {
+  if (lo_in - lo_out > W || hi_out - hi_in > W) return -1;
+  const int64_t lo_gap = lo_in - lo_out, hi_gap = hi_out - hi_in;
+  const double* lo = v + lo_in;
+  const double* hi = v + hi_in;
+  int64_t c = 0;
+  for (int64_t j = 1; j < W; ++j) {
+    c += (j < lo_gap) & (sq(x - lo[-j]) <= r2);
+    c += (j < hi_gap) & (sq(x - hi[j]) <= r2);
+  }
+  return hi_in - lo_in + 1 + c;
+}
+
+// Counts m (or -1: needs the general search) of the points of one block, see mi_cd_scalar.
+__attribute__((target_clones("avx2", "default"))) void count_block(
+    const double* kept, const double* run, const int32_t* run_g, int64_t len, int64_t k, int64_t width,
+    const double* r2, const int32_t* i0, const int32_t* i1, int32_t* m) {
+  for (int64_t t = 0; t < len; ++t) {
+    const int64_t a = i0[t], b = i1[t];
+    if (a > k || b > k) {
+      m[t] = -1;  // exact ties beyond the window
+      continue;
+    }
+    // run_g of a sentinel is -1 (left) / n_kept (right): "outside" bounds.
+    const int64_t lo_out = run_g[t - a - 1], lo_in = run_g[t - a];
+    const int64_t hi_in = run_g[t + b], hi_out = run_g[t + b + 1];
+    const double x = run[t];
+    int64_t c;
+    switch (width) {
+      case 4: c = count_bracketed<4>(kept, lo_out, lo_in, hi_in, hi_out, x, r2[t]); break;
+      case 8: c = count_bracketed<8>(kept, lo_out, lo_in, hi_in, hi_out, x, r2[t]); break;
+      case 16: c = count_bracketed<16>(kept, lo_out, lo_in, hi_in, hi_out, x, r2[t]); break;
+      case 32: c = count_bracketed<32>(kept, lo_out, lo_in, hi_in, hi_out, x, r2[t]); break;
+      default: c = count_bracketed<kSearchWidth>(kept, lo_out, lo_in, hi_in, hi_out, x, r2[t]); break;
+    }
+    if (c < 0)
+      c = last_within(kept, hi_in, hi_out, x, r2[t]) - first_within(kept, lo_out, lo_in, x, r2[t]) + 1;
+    m[t] = static_cast<int32_t>(c);
+  }
 }
 
 // The windowed k-th neighbour search and the same-label counts for positions t0 .. t0 + len - 1 of a
@@ -519,14 +547,14 @@ double mi_cd_scalar(const Column& col, const Codes& lab, int64_t n, int64_t n_ne
   const int64_t total = s.offset[classes];
   s.run.resize(total);
   s.run_g.resize(total);
-  s.kept.resize(n + kSearchWidth);
+  s.kept.resize(n + 2 * kSearchWidth);
   int32_t n_kept = 0;
   const int32_t* code = lab.code.data();
   const int64_t* count = lab.count.data();
   int64_t* fill = s.fill.data();
   double* run_all = s.run.data();
   int32_t* run_g_all = s.run_g.data();
-  double* kept_w = s.kept.data();
+  double* kept_w = s.kept.data() + kSearchWidth;
   for (int64_t p = 0; p < n; ++p) {
     const int32_t c = code[col.perm[p]];
     const int64_t q = fill[c]++;
@@ -547,14 +575,16 @@ double mi_cd_scalar(const Column& col, const Codes& lab, int64_t n, int64_t n_ne
       run_g_all[q] = n_kept;
     }
   }
-  std::fill(s.kept.begin() + n_kept, s.kept.end(), kInf);  // read (not used) by the fixed-step searches
+  // Padding read (masked out) by count_bracketed.
+  std::fill(s.kept.begin(), s.kept.begin() + kSearchWidth, -kInf);
+  std::fill(s.kept.begin() + kSearchWidth + n_kept, s.kept.end(), kInf);
   CountHistogram sum_m(s.hist, n);
-  const double* kept = s.kept.data();
+  const double* kept = s.kept.data() + kSearchWidth;
   constexpr int64_t kBlock = 256;
   const int64_t max_window = std::min(n_neighbors, kMaxWindow);
   s.gaps.resize((max_window + 1) * (kBlock + max_window + 1));
   double r2b[kBlock];
-  int32_t i0b[kBlock], i1b[kBlock];
+  int32_t i0b[kBlock], i1b[kBlock], mb[kBlock];
   for (int64_t c = 0; c < classes; ++c) {
     const int64_t cnt = count[c];
     if (cnt < 2) continue;
@@ -577,25 +607,16 @@ double mi_cd_scalar(const Column& col, const Codes& lab, int64_t n, int64_t n_ne
       }
       continue;
     }
-    // Fixed search width for this label: the gap between two of its points averages n_kept / cnt
-    // positions (roughly geometric), so 3x that leaves a few percent of brackets to the general search.
-    const int64_t width = std::min<int64_t>(kSearchWidth, std::bit_ceil<uint64_t>(std::max<int64_t>(3 * n_kept / cnt, 4)));
+    // Counting width for this label: the gap between two of its points averages n_kept / cnt positions
+    // (roughly geometric), so 3x that leaves a few percent of brackets to the binary search.
+    const int64_t width =
+        std::min<int64_t>(kSearchWidth, std::bit_ceil<uint64_t>(std::max<int64_t>(3 * n_kept / cnt, 4)));
     for (int64_t t0 = 0; t0 < cnt; t0 += kBlock) {
       const int64_t len = std::min(kBlock, cnt - t0);
       window_block(run + t0, len, k, r2b, i0b, i1b, s.gaps.data());
-      for (int64_t i = 0; i < len; ++i) {
-        const int64_t t = t0 + i, a = i0b[i], b = i1b[i];
-        const double v = run[t], r2 = r2b[i];
-        const int64_t g = run_g[t];
-        if (a <= k && b <= k) {
-          // run_g of a sentinel is -1 (left) / n_kept (right): "outside" bounds for the searches.
-          const int64_t first = first_within(kept, run_g[t - a - 1], a == 0 ? g : run_g[t - a], v, r2, width);
-          const int64_t last = last_within(kept, b == 0 ? g : run_g[t + b], run_g[t + b + 1], v, r2, width);
-          sum_m.add(last - first + 1);
-        } else {
-          sum_m.add(count_within(kept, n_kept, g, r2, -1, n_kept));  // exact ties beyond the window
-        }
-      }
+      count_block(kept, run + t0, run_g + t0, len, k, width, r2b, i0b, i1b, mb);
+      for (int64_t i = 0; i < len; ++i)
+        sum_m.add(mb[i] >= 0 ? mb[i] : count_within(kept, n_kept, run_g[t0 + i], r2b[i], -1, n_kept));
     }
   }
   return finish_cd(lab, n_kept, n_neighbors, psi, sum_m.sum_and_clear(psi));
