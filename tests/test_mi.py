@@ -269,3 +269,18 @@ def test_errors(call, message):
     x, y = rng.standard_normal((10, 2)), rng.integers(0, 3, (10, 2))
     with pytest.raises(ValueError, match=message):
         call(x, y)
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 1001, 50_000])
+def test_column_std_has_sklearns_bits(n):
+    """The scaling uses np.std where scikit-learn uses np.nanstd: on finite data they must agree to the bit,
+    or neighbour ties could flip between our estimate and scikit-learn's."""
+    from latentquant.mi import _inputs
+
+    rng = np.random.default_rng(n)
+    x = rng.standard_normal((n, 5)) * rng.uniform(1e-3, 1e3, 5) + rng.uniform(-1e6, 1e6, 5)
+    mask = np.ones(5, dtype=bool)
+    want = np.nanstd(x[:, mask], axis=0)  # sklearn's _estimate_mi on features
+    np.testing.assert_array_equal(_inputs._column_std(torch.from_numpy(x), False).numpy(), want)
+    want_target = np.array([np.nanstd(np.ascontiguousarray(x[:, j])) for j in range(5)])  # regression y
+    np.testing.assert_array_equal(_inputs._column_std(torch.from_numpy(x), True).numpy(), want_target)

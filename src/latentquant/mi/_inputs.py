@@ -113,18 +113,18 @@ def _column_std(x: torch.Tensor, target: bool) -> torch.Tensor:
     """Population std (ddof = 0) of each column of (N, C) float64.
 
     On the CPU it is computed exactly as scikit-learn does, so the scaled data agree bit for bit:
-    features with ``np.nanstd`` over the column-gathered copy ``X[:, mask]`` (which numpy lays out in
+    features with ``np.nanstd`` (same bits as ``np.std`` on finite data) over the column-gathered copy ``X[:, mask]`` (which numpy lays out in
     Fortran order, so each column is summed contiguously), a target (``mutual_info_regression``'s y) with
     ``np.nanstd`` of each contiguous column. Elsewhere ``torch.std``, which may differ in the last bit.
     """
     if x.device.type != "cpu":
         return x.std(dim=0, correction=0)
     a = x.numpy()
+    # np.std, not np.nanstd: the data were checked finite, and on NaN-free input nanvar runs the same
+    # sums in the same order (bit-identical, tested), without its NaN mask and copy passes (3x faster).
     if target:
-        return torch.from_numpy(
-            np.array([np.nanstd(np.ascontiguousarray(a[:, j])) for j in range(a.shape[1])])
-        )
-    return torch.from_numpy(np.nanstd(a[:, np.ones(a.shape[1], dtype=bool)], axis=0))
+        return torch.from_numpy(np.array([np.std(np.ascontiguousarray(a[:, j])) for j in range(a.shape[1])]))
+    return torch.from_numpy(np.std(a[:, np.ones(a.shape[1], dtype=bool)], axis=0))
 
 
 def preprocess(
