@@ -29,4 +29,9 @@ TORCH_LIBRARY(latentquant, m) {
   // k-NN mutual information of every (latent, source) pair on preprocessed float64 data -> (L, S).
   m.def("knn_mi_cd(Tensor x, Tensor y, int n_neighbors) -> Tensor");  // x (N, L, D), y (N, S) int64
   m.def("knn_mi_cc(Tensor x, Tensor y, int n_neighbors) -> Tensor");  // x (N, L, Dx), y (N, S, Dy)
+  // ---- logistic regression (issue: metrics, InfoE) ----
+  // Weighted softmax cross-entropy of T multinomial logistic regressions on shared features, and its
+  // gradient: x1t (F1, N) feature-major (last row ones), weights (T, C, F1), labels (T, N) int64,
+  // sample_weight (T, N) -> loss (T,), grad (T, C, F1).
+  m.def("logistic_loss_grad(Tensor x1t, Tensor weights, Tensor labels, Tensor sample_weight) -> (Tensor, Tensor)");
 }

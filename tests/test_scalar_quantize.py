@@ -166,5 +166,11 @@ def test_backward_ops_reject_out_of_range_indices():
         ops.vector_quantize_backward(torch.ones(2, 4), torch.tensor([0, -1]), torch.zeros(3, 4))
     with pytest.raises(ValueError, match=r"latent_quantize_backward: indices must lie in \[0, 3\)"):
         ops.latent_quantize_backward(
-            torch.ones(2, 2), torch.tensor(1.0), torch.ones(2, 2), torch.zeros(2, 3), torch.tensor([[0, 3], [1, 1]]), 0.1, 0.1
+            torch.ones(2, 2),
+            torch.tensor(1.0),
+            torch.ones(2, 2),
+            torch.zeros(2, 3),
+            torch.tensor([[0, 3], [1, 1]]),
+            0.1,
+            0.1,
         )

@@ -44,7 +44,9 @@ class _ScalarCodebookQuantizer(nn.Module, abc.ABC):
     ) -> None:
         super().__init__()
         if not isinstance(num_latents, int) or num_latents < 1:
-            raise ValueError(f"{type(self).__name__}: num_latents must be a positive int, got {num_latents!r}")
+            raise ValueError(
+                f"{type(self).__name__}: num_latents must be a positive int, got {num_latents!r}"
+            )
         self.num_latents = num_latents
         for name, w in (
             ("quantization_weight", quantization_weight),

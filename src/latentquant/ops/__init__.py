@@ -6,7 +6,8 @@ Public functions: :func:`scalar_quantize`, :func:`latent_quantize`, :func:`vecto
 take over, with one warning at import.
 """
 
-from latentquant.ops import knn_mi  # noqa: F401  (registers the k-NN MI ops; public API in latentquant.mi)
+# Importing registers the k-NN MI ops (public API in latentquant.mi) and logistic_loss_grad (latentquant.metrics).
+from latentquant.ops import knn_mi, logistic  # noqa: F401
 from latentquant.ops._registry import backend_info
 from latentquant.ops.latent_quantize import latent_quantize
 from latentquant.ops.scalar_quantize import scalar_quantize

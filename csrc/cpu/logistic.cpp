@@ -1,0 +1,571 @@
+// CPU kernel of latentquant::logistic_loss_grad: the weighted softmax cross-entropy of a batch of
+// multinomial logistic regressions (one per target, shared features) and its gradient, in one pass.
+//
+//   loss[t]       = sum_n w[t,n] * (logsumexp_c z[t,c,n] - z[t,labels[t,n],n])
+//   grad[t,c,:]   = sum_n w[t,n] * (softmax_c z[t,:,n] - onehot(labels[t,n]))[c] * x[:,n]
+//   z[t,c,n]      = sum_f weights[t,c,f] * x1t[f,n]
+//
+// Same semantics as the oracle (src/latentquant/reference/logistic.py): logits more than 80 below a
+// sample's largest are raised to that floor before exp (kLogFloor), so exp never leaves its polynomial
+// range; padded classes (intercept -1e30) therefore contribute e^-80 relative, nothing at float
+// precision. NaN or +Inf logits make the loss NaN, as in the oracle.
+//
+// Layout: samples are walked in blocks of kBlock. For each block and target the (C, kBlock) logits are
+// formed in a buffer that stays in L1 (register-tiled over classes and samples), turned in place into
+// exp and then into the residual softmax - onehot, and contracted with the block's feature rows into
+// per-block gradient tiles. x1t is feature-major, so every inner loop runs over contiguous samples and
+// vectorizes; the loops run over whole blocks (a short last block is zero-padded, with weight 0).
+//
+// exp and log are the polynomial ones below (libm's do not vectorize without -ffast-math), on whole
+// vectors. Accuracy (eps = 2^-23 in float, 2^-52 in double):
+// - exp_floor: Cody-Waite reduction x = k ln2 + r, |r| <= ln2/2 (ln2 split in two parts), then the Taylor
+//   polynomial of degree 7 (float; truncation < 7.5e-9 relative, 0.06 eps) or 13 (double; < 6e-18,
+//   0.03 eps) by Horner; 2^k is put in the exponent bits. Measured (float): <= 0.7 eps relative on [-80, 0].
+// - log_pos (its argument, the per-sample total, is >= 1: the top class contributes exp(0) = 1):
+//   x = 2^k m with m in [sqrt(1/2), sqrt(2)), log m = 2 atanh(s), s = (m - 1) / (m + 1), |s| <= 0.1716,
+//   series to s^9 (float; truncation < 3e-9 relative) or s^21 (double; < 1e-18). Measured: <= 1.6 eps
+//   absolute on [1, 16] (2.6 ulps of results near 0).
+// tests/test_logistic_kernel.py reads both out through the op (exp(a) / total and log(total), one sample
+// per target) and bounds their errors against float64 math.
+//
+// Determinism: the samples are cut into chunks of kBlocksPerChunk blocks, a partition that depends only on
+// N; each chunk's partial sums (float per block, double across the chunk's blocks) go to its own buffer,
+// and the buffers are added in chunk order. Results do not depend on the number of threads.
+//
+// Instruction sets: the kernel body is one always-inline template compiled twice, for the x86-64
+// baseline and with __attribute__((target("avx2,fma"))); the AVX2 copy runs when the CPU has AVX2 and
+// FMA (checked at run time) unless LATENTQUANT_DISABLE_AVX2=1 (used by the tests to run the other copy).
+// The two copies differ only in rounding (FMA contraction).
+
+#include <algorithm>
+#include <bit>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+#include <torch/library.h>
+
+#include "../common.h"
+
+// Every helper is force-inlined, so the one body compiles separately into each instruction-set entry point.
+#define LQ_INLINE inline __attribute__((always_inline))
+
+#if defined(__GNUC__) && !defined(__clang__)
+// 32-byte vectors pass only between force-inlined helpers of the AVX2 entry point: the ABI note is moot.
+#pragma GCC diagnostic ignored "-Wpsabi"
+#endif
+
+#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+#define LQ_HAVE_AVX2_PATH 1
+#define LQ_TARGET_AVX2 __attribute__((target("avx2,fma")))
+#else
+#define LQ_HAVE_AVX2_PATH 0
+#endif
+
+namespace latentquant {
+namespace {
+
+constexpr const char* kOp = "logistic_loss_grad";
+constexpr int64_t kBlock = 256;         // samples per block: logits (C x kBlock) and x rows stay in L1
+constexpr int64_t kBlocksPerChunk = 8;  // 2048 samples: the unit of the deterministic reduction
+constexpr double kLogFloor = -80.0;     // _LOG_FLOOR of the oracle
+
+template <typename T>
+struct Bits;
+template <>
+struct Bits<float> {
+  using U = uint32_t;
+  static constexpr int kMant = 23;
+  static constexpr U kBias = 127;
+  static constexpr U kSqrtHalf = 0x3f3504f3;  // bits of sqrt(1/2)
+  static constexpr U kOne = 0x3f800000;
+  static constexpr U kMantMask = 0x007fffff;
+  static constexpr U kTwoPowMant = 0x4b000000;  // bits of 2^23
+};
+template <>
+struct Bits<double> {
+  using U = uint64_t;
+  static constexpr int kMant = 52;
+  static constexpr U kBias = 1023;
+  static constexpr U kSqrtHalf = 0x3fe6a09e667f3bcdULL;
+  static constexpr U kOne = 0x3ff0000000000000ULL;
+  static constexpr U kMantMask = 0x000fffffffffffffULL;
+  static constexpr U kTwoPowMant = 0x4330000000000000ULL;  // bits of 2^52
+};
+
+// ln 2 split so that k * kLn2Hi is exact for |k| < 2^8 (float) / 2^11 (double).
+template <typename T>
+constexpr T kLn2Hi = T(0.693359375);
+template <>
+constexpr double kLn2Hi<double> = 6.93147180369123816490e-01;
+template <typename T>
+constexpr T kLn2Lo = T(-2.12194440e-4);
+template <>
+constexpr double kLn2Lo<double> = 1.90821492927058770002e-10;
+
+// GNU vector types (gcc, clang) of VB bytes: the kernel is written on whole vectors, so every sample loop
+// runs in SIMD registers with the register tiling below, whatever the auto-vectorizer would do.
+template <typename T, int VB>
+struct Lanes {
+  typedef T type __attribute__((vector_size(VB)));
+};
+
+template <typename T, int VB>
+struct Vec {
+  typedef typename Lanes<T, VB>::type type;
+  typedef typename Bits<T>::U bits __attribute__((vector_size(VB)));
+  typedef T half __attribute__((vector_size(VB / 2)));
+  typedef double wide __attribute__((vector_size(VB)));  // VB / 8 double lanes
+  static constexpr int64_t kWidth = VB / sizeof(T);
+};
+
+template <typename V, typename T>
+LQ_INLINE V load(const T* p) {
+  V v;
+  __builtin_memcpy(&v, p, sizeof(V));
+  return v;
+}
+
+template <typename V, typename T>
+LQ_INLINE void store(T* p, const V& v) {
+  __builtin_memcpy(p, &v, sizeof(V));
+}
+
+// acc += v in double: a double vector holds half the lanes of a float one, so float vectors go in halves
+// (a whole float vector converted at once makes an over-wide vector that gcc spills to the stack).
+template <typename T, int VB>
+LQ_INLINE void add_wide(typename Vec<T, VB>::wide& acc, const typename Vec<T, VB>::type& v) {
+  using DV = typename Vec<T, VB>::wide;
+  if constexpr (sizeof(T) == sizeof(double)) {
+    acc += v;
+  } else {
+    using H = typename Vec<T, VB>::half;
+    H lo, hi;
+    __builtin_memcpy(&lo, &v, sizeof(H));
+    __builtin_memcpy(&hi, reinterpret_cast<const char*>(&v) + sizeof(H), sizeof(H));
+    acc += __builtin_convertvector(lo, DV);
+    acc += __builtin_convertvector(hi, DV);
+  }
+}
+
+// Sum of the lanes of a vector, by halving (a fixed order: lane l + lane l + W/2, and so on).
+template <typename T, int VB>
+LQ_INLINE T hsum(const typename Lanes<T, VB>::type& v) {
+  if constexpr (VB == static_cast<int>(sizeof(T))) {
+    return v[0];
+  } else {
+    using H = typename Lanes<T, VB / 2>::type;
+    H lo, hi;
+    __builtin_memcpy(&lo, &v, sizeof(H));
+    __builtin_memcpy(&hi, reinterpret_cast<const char*>(&v) + sizeof(H), sizeof(H));
+    return hsum<T, VB / 2>(lo + hi);
+  }
+}
+
+// Horner evaluation of sum_{i >= I} c[i] r^(i - I), unrolled at compile time.
+template <size_t I = 0, typename R, typename T, size_t K>
+LQ_INLINE auto horner(const R& r, const T (&c)[K]) {
+  if constexpr (I + 1 == K) {
+    return c[I];
+  } else {
+    return horner<I + 1>(r, c) * r + c[I];
+  }
+}
+
+template <typename T>
+struct ExpPoly;
+template <>
+struct ExpPoly<float> {  // 1 / i!, i = 0..7
+  static constexpr float c[8] = {1.0f, 1.0f, 0.5f, 1.0f / 6, 1.0f / 24, 1.0f / 120, 1.0f / 720, 1.0f / 5040};
+};
+template <>
+struct ExpPoly<double> {  // 1 / i!, i = 0..13
+  static constexpr double c[14] = {1.0,
+                                   1.0,
+                                   0.5,
+                                   1.0 / 6,
+                                   1.0 / 24,
+                                   1.0 / 120,
+                                   1.0 / 720,
+                                   1.0 / 5040,
+                                   1.0 / 40320,
+                                   1.0 / 362880,
+                                   1.0 / 3628800,
+                                   1.0 / 39916800,
+                                   1.0 / 479001600,
+                                   1.0 / 6227020800.0};
+};
+
+template <typename T>
+struct LogPoly;
+template <>
+struct LogPoly<float> {  // 1 / (2i + 1), i = 0..4
+  static constexpr float c[5] = {1.0f, 1.0f / 3, 1.0f / 5, 1.0f / 7, 1.0f / 9};
+};
+template <>
+struct LogPoly<double> {  // 1 / (2i + 1), i = 0..10
+  static constexpr double c[11] = {1.0,      1.0 / 3,  1.0 / 5,  1.0 / 7,  1.0 / 9, 1.0 / 11,
+                                   1.0 / 13, 1.0 / 15, 1.0 / 17, 1.0 / 19, 1.0 / 21};
+};
+
+// exp(max(x, -80)) lane by lane; NaN stays NaN. No branches, no libm: bit operations and a polynomial.
+template <typename T, int VB>
+LQ_INLINE typename Vec<T, VB>::type exp_floor(const typename Vec<T, VB>::type& x) {
+  using B = Bits<T>;
+  using V = typename Vec<T, VB>::type;
+  using U = typename Vec<T, VB>::bits;
+  const V y = x < T(kLogFloor) ? T(kLogFloor) : x;  // a NaN lane fails the comparison and stays NaN
+  // Round y / ln 2 to the nearest integer k by adding 1.5 * 2^mant: k lands in the low mantissa bits.
+  const T shifter = T(1.5) * std::bit_cast<T>(B::kTwoPowMant);
+  const V t = y * T(1.44269504088896340736) + shifter;
+  const V k = t - shifter;
+  const V r = (y - k * kLn2Hi<T>) - k * kLn2Lo<T>;
+  // 2^k: the low bits of t are k + 2^(mant - 1); shifting them into the exponent field drops the rest.
+  const V scale = reinterpret_cast<V>(((reinterpret_cast<U>(t) + B::kBias) << B::kMant));
+  return horner(r, ExpPoly<T>::c) * scale;
+}
+
+// log(x) lane by lane, for finite x >= the smallest normal (x >= 1 here).
+template <typename T, int VB>
+LQ_INLINE typename Vec<T, VB>::type log_pos(const typename Vec<T, VB>::type& x) {
+  using B = Bits<T>;
+  using V = typename Vec<T, VB>::type;
+  using U = typename Vec<T, VB>::bits;
+  // Bias the bits so that the exponent field steps at sqrt(1/2) * 2^k instead of 2^k.
+  const U ix = reinterpret_cast<U>(x) + (B::kOne - B::kSqrtHalf);
+  // The exponent as a float without an integer conversion (int64 -> double has no AVX2 instruction):
+  // (2^mant + e) - (2^mant + bias).
+  const T two_pow_mant = std::bit_cast<T>(B::kTwoPowMant);
+  const V k = reinterpret_cast<V>((ix >> B::kMant) | B::kTwoPowMant) - (two_pow_mant + T(B::kBias));
+  const V m = reinterpret_cast<V>((ix & B::kMantMask) + B::kSqrtHalf);  // in [sqrt(1/2), sqrt(2))
+  const V f = m - T(1);
+  const V s = f / (T(2) + f);
+  const V log_m = T(2) * s * horner(s * s, LogPoly<T>::c);
+  return k * kLn2Hi<T> + (k * kLn2Lo<T> + log_m);
+}
+
+template <typename T>
+struct Problem {
+  const T* x;              // x1t (F1, N)
+  const T* weights;        // (T, C, F1)
+  const int64_t* labels;   // (T, N)
+  const T* sample_weight;  // (T, N)
+  int64_t n, f1, targets, classes;
+};
+
+// Logits of R consecutive classes (rows of w, stride F1) on one block: R rows of kBlock in out. Tiles
+// of R classes x 2 vectors of samples: 2R accumulators, each feature row loaded once per tile.
+template <int R, typename T, int VB>
+LQ_INLINE void logits_rows(const T* w, int64_t f1, const T* x, int64_t ldx, T* out) {
+  using V = typename Vec<T, VB>::type;
+  constexpr int64_t W = Vec<T, VB>::kWidth;
+  for (int64_t j = 0; j < kBlock; j += 2 * W) {
+    V acc[R][2];
+    if (f1 == 0) {
+      for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = V{};
+    } else {
+      const V x0 = load<V>(x + j), x1 = load<V>(x + j + W);
+      for (int r = 0; r < R; ++r) {
+        const T wr = w[r * f1];
+        acc[r][0] = wr * x0;
+        acc[r][1] = wr * x1;
+      }
+    }
+    for (int64_t f = 1; f < f1; ++f) {
+      const V x0 = load<V>(x + f * ldx + j), x1 = load<V>(x + f * ldx + j + W);
+      for (int r = 0; r < R; ++r) {
+        const T wr = w[r * f1 + f];
+        acc[r][0] += wr * x0;
+        acc[r][1] += wr * x1;
+      }
+    }
+    for (int r = 0; r < R; ++r) {
+      store(out + r * kBlock + j, acc[r][0]);
+      store(out + r * kBlock + j + W, acc[r][1]);
+    }
+  }
+}
+
+// Gradient tile: RC residual rows (stride kBlock) times RF feature rows (stride ldx) over one block, summed
+// over the block's samples (lanes added in a fixed order) and added in double to g[c * f1 + f].
+template <int RC, int RF, typename T, int VB>
+LQ_INLINE void grad_tile(const T* res, const T* x, int64_t ldx, int64_t f1, double* g) {
+  using V = typename Vec<T, VB>::type;
+  constexpr int64_t W = Vec<T, VB>::kWidth;
+  V acc[RC][RF];
+  for (int c = 0; c < RC; ++c)
+    for (int f = 0; f < RF; ++f) acc[c][f] = V{};
+  for (int64_t j = 0; j < kBlock; j += W) {
+    V xf[RF];
+    for (int f = 0; f < RF; ++f) xf[f] = load<V>(x + f * ldx + j);
+    for (int c = 0; c < RC; ++c) {
+      const V rc = load<V>(res + c * kBlock + j);
+      for (int f = 0; f < RF; ++f) acc[c][f] += rc * xf[f];
+    }
+  }
+  for (int c = 0; c < RC; ++c)
+    for (int f = 0; f < RF; ++f) g[c * f1 + f] += static_cast<double>(hsum<T, VB>(acc[c][f]));
+}
+
+// Tiles of 4 rows, with three tiles of 3 instead of a last tile of 1 or 2 (13 = 3 + 3 + 3 + 4): a thin tile
+// has too few independent accumulators to hide the FMA latency and costs about as much as a full one.
+// Returns the number of 3-tiles to take first.
+inline int64_t tiles_of_three(int64_t n) {
+  const int64_t threes = (4 - n % 4) % 4;
+  return 3 * threes <= n ? threes : 0;
+}
+
+template <int RC, typename T, int VB>
+LQ_INLINE void grad_rows(const T* res, const T* x, int64_t ldx, int64_t f1, double* g) {
+  int64_t f = 0;
+  for (int64_t i = tiles_of_three(f1); i > 0; --i, f += 3) grad_tile<RC, 3, T, VB>(res, x + f * ldx, ldx, f1, g + f);
+  for (; f + 4 <= f1; f += 4) grad_tile<RC, 4, T, VB>(res, x + f * ldx, ldx, f1, g + f);
+  switch (f1 - f) {
+    case 3:
+      grad_tile<RC, 3, T, VB>(res, x + f * ldx, ldx, f1, g + f);
+      break;
+    case 2:
+      grad_tile<RC, 2, T, VB>(res, x + f * ldx, ldx, f1, g + f);
+      break;
+    case 1:
+      grad_tile<RC, 1, T, VB>(res, x + f * ldx, ldx, f1, g + f);
+      break;
+    default:
+      break;
+  }
+}
+
+// Scratch of one chunk: a zero-padded copy of a short block's features, the block's logits (turned into
+// exp and then residuals in place), and the block's sample weights and labels (labels as unsigned integers
+// of T's width, so they compare lane by lane with T vectors).
+template <typename T>
+struct Scratch {
+  std::vector<T> xpad, z, w;
+  std::vector<typename Bits<T>::U> label;
+  Scratch(int64_t f1, int64_t classes) : xpad(f1 * kBlock), z(classes * kBlock), w(kBlock), label(kBlock) {}
+};
+
+// One target on one block: adds its loss to *loss and its gradient to g (C, F1), both in double.
+// Returns false if a label lies outside [0, C) (such a sample matches no class; the caller raises).
+template <typename T, int VB>
+LQ_INLINE bool block_target(const Problem<T>& p, int64_t t, int64_t s0, int64_t nb, const T* x, int64_t ldx,
+                            Scratch<T>& sc, double* loss, double* g) {
+  using V = typename Vec<T, VB>::type;
+  using U = typename Bits<T>::U;
+  using UV = typename Vec<T, VB>::bits;
+  using DV = typename Vec<T, VB>::wide;
+  constexpr int64_t W = Vec<T, VB>::kWidth;
+  const int64_t C = p.classes, f1 = p.f1;
+  const T* wt = p.weights + t * C * f1;
+  const int64_t* lab = p.labels + t * p.n + s0;
+  const T* sw = p.sample_weight + t * p.n + s0;
+  T* z = sc.z.data();
+  T* w = sc.w.data();
+  U* label = sc.label.data();
+
+  uint64_t out_of_range = 0;
+  for (int64_t j = 0; j < nb; ++j) {
+    out_of_range |= static_cast<uint64_t>(static_cast<uint64_t>(lab[j]) >= static_cast<uint64_t>(C));
+    label[j] = static_cast<U>(lab[j]);
+    w[j] = sw[j];
+  }
+  for (int64_t j = nb; j < kBlock; ++j) {  // padding: weight 0 (its features are 0)
+    label[j] = 0;
+    w[j] = T(0);
+  }
+
+  int64_t c = 0;
+  for (int64_t i = tiles_of_three(C); i > 0; --i, c += 3)
+    logits_rows<3, T, VB>(wt + c * f1, f1, x, ldx, z + c * kBlock);
+  for (; c + 4 <= C; c += 4) logits_rows<4, T, VB>(wt + c * f1, f1, x, ldx, z + c * kBlock);
+  switch (C - c) {
+    case 3:
+      logits_rows<3, T, VB>(wt + c * f1, f1, x, ldx, z + c * kBlock);
+      break;
+    case 2:
+      logits_rows<2, T, VB>(wt + c * f1, f1, x, ldx, z + c * kBlock);
+      break;
+    case 1:
+      logits_rows<1, T, VB>(wt + c * f1, f1, x, ldx, z + c * kBlock);
+      break;
+    default:
+      break;
+  }
+
+  // Per vector of samples: the top logit and the label's logit, exp in place and their total, the loss
+  // term w * (top + log(total) - picked), then the residual exp * (w / total) - w [class == label] in
+  // place. The loss is summed in double; total - total is 0, or NaN when total is NaN (a NaN or +Inf
+  // logit), which log_pos would not pass on.
+  DV loss_lanes = DV{};
+  for (int64_t j = 0; j < kBlock; j += W) {
+    const UV lj = load<UV>(label + j);
+    V top = load<V>(z + j);
+    V picked = lj == U(0) ? top : V{};
+    for (int64_t k = 1; k < C; ++k) {
+      const V zk = load<V>(z + k * kBlock + j);
+      top = zk > top ? zk : top;
+      picked = lj == static_cast<U>(k) ? zk : picked;
+    }
+    V total = V{};
+    for (int64_t k = 0; k < C; ++k) {
+      const V e = exp_floor<T, VB>(load<V>(z + k * kBlock + j) - top);
+      store(z + k * kBlock + j, e);
+      total += e;
+    }
+    const V wj = load<V>(w + j);
+    const V term = wj * ((top + log_pos<T, VB>(total)) - picked) + (total - total);
+    add_wide<T, VB>(loss_lanes, term);
+    const V q = wj / total;
+    for (int64_t k = 0; k < C; ++k) {
+      const V r = load<V>(z + k * kBlock + j) * q;
+      store(z + k * kBlock + j, lj == static_cast<U>(k) ? r - wj : r);
+    }
+  }
+  double block_loss = 0.0;
+  for (int64_t l = 0; l < VB / 8; ++l) block_loss += loss_lanes[l];
+  *loss += block_loss;
+
+  c = 0;
+  for (; c + 2 <= C; c += 2) grad_rows<2, T, VB>(z + c * kBlock, x, ldx, f1, g + c * f1);
+  if (c < C) grad_rows<1, T, VB>(z + c * kBlock, x, ldx, f1, g + c * f1);
+  return out_of_range == 0;
+}
+
+// Chunks [c0, c1) of the samples, chunk c being blocks [c * per_chunk, (c + 1) * per_chunk): adds chunk c's
+// loss (T) and gradient (T, C, F1) to its own buffer out + c * out_size, and sets bad[c] on a label outside
+// [0, C). One scratch serves the whole range.
+struct ChunkRange {
+  int64_t c0, c1, per_chunk, blocks, out_size;
+  double* out;
+  char* bad;
+};
+
+template <typename T, int VB>
+LQ_INLINE void chunk_body(const Problem<T>& p, const ChunkRange& r) {
+  Scratch<T> sc(p.f1, p.classes);
+  const int64_t grad_size = p.classes * p.f1;
+  for (int64_t c = r.c0; c < r.c1; ++c) {
+    double* out = r.out + c * r.out_size;
+    bool ok = true;
+    for (int64_t b = c * r.per_chunk; b < std::min(r.blocks, (c + 1) * r.per_chunk); ++b) {
+      const int64_t s0 = b * kBlock;
+      const int64_t nb = std::min(kBlock, p.n - s0);
+      const T* x = p.x + s0;
+      int64_t ldx = p.n;
+      if (nb < kBlock) {  // short last block: zero-padded copy
+        for (int64_t f = 0; f < p.f1; ++f) {
+          T* dst = sc.xpad.data() + f * kBlock;
+          std::copy(p.x + f * p.n + s0, p.x + f * p.n + s0 + nb, dst);
+          std::fill(dst + nb, dst + kBlock, T(0));
+        }
+        x = sc.xpad.data();
+        ldx = kBlock;
+      }
+      for (int64_t t = 0; t < p.targets; ++t)
+        ok &= block_target<T, VB>(p, t, s0, nb, x, ldx, sc, out + t, out + p.targets + t * grad_size);
+    }
+    if (!ok) r.bad[c] = 1;
+  }
+}
+
+template <typename T>
+void chunk_generic(const Problem<T>& p, const ChunkRange& r) {
+  chunk_body<T, 16>(p, r);
+}
+
+#if LQ_HAVE_AVX2_PATH
+template <typename T>
+LQ_TARGET_AVX2 void chunk_avx2(const Problem<T>& p, const ChunkRange& r) {
+  chunk_body<T, 32>(p, r);
+}
+
+bool use_avx2() {
+  static const bool supported = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  if (!supported) return false;
+  const char* off = std::getenv("LATENTQUANT_DISABLE_AVX2");
+  return off == nullptr || off[0] == '\0' || off[0] == '0';
+}
+#endif
+
+void check_inputs(const at::Tensor& x1t, const at::Tensor& weights, const at::Tensor& labels,
+                  const at::Tensor& sample_weight) {
+  check_rank(x1t, 2, kOp, "x1t");
+  check_rank(weights, 3, kOp, "weights");
+  check_rank(labels, 2, kOp, "labels");
+  check_rank(sample_weight, 2, kOp, "sample_weight");
+  const auto dtype = weights.scalar_type();
+  TORCH_CHECK_VALUE(dtype == at::kFloat || dtype == at::kDouble, kOp, ": weights must be float32 or float64, got ",
+                    dtype);
+  TORCH_CHECK_VALUE(x1t.scalar_type() == dtype, kOp, ": x1t must have weights' dtype ", dtype, ", got ",
+                    x1t.scalar_type());
+  TORCH_CHECK_VALUE(sample_weight.scalar_type() == dtype, kOp, ": sample_weight must have weights' dtype ", dtype,
+                    ", got ", sample_weight.scalar_type());
+  TORCH_CHECK_VALUE(labels.scalar_type() == at::kLong, kOp, ": labels must be int64, got ", labels.scalar_type());
+  const int64_t f1 = x1t.size(0), n = x1t.size(1), targets = weights.size(0);
+  TORCH_CHECK_VALUE(weights.size(2) == f1, kOp, ": weights must have shape (T, C, F1) with F1 = x1t.shape[0] = ", f1,
+                    ", got weights of shape ", weights.sizes());
+  TORCH_CHECK_VALUE(weights.size(1) >= 1, kOp, ": weights needs at least one class (shape (T, C, F1), C >= 1), got ",
+                    weights.sizes());
+  TORCH_CHECK_VALUE(labels.size(0) == targets && labels.size(1) == n, kOp,
+                    ": labels must have shape (T, N) = (", targets, ", ", n, ") from weights and x1t, got ",
+                    labels.sizes());
+  TORCH_CHECK_VALUE(sample_weight.size(0) == targets && sample_weight.size(1) == n, kOp,
+                    ": sample_weight must have shape (T, N) = (", targets, ", ", n, ") from weights and x1t, got ",
+                    sample_weight.sizes());
+  for (const at::Tensor* t : {&weights, &labels, &sample_weight})
+    TORCH_CHECK_VALUE(t->device() == x1t.device(), kOp, ": all arguments must be on one device, x1t is on ",
+                      x1t.device(), " but another on ", t->device());
+}
+
+std::tuple<at::Tensor, at::Tensor> logistic_loss_grad_cpu(const at::Tensor& x1t_in, const at::Tensor& weights_in,
+                                                          const at::Tensor& labels_in,
+                                                          const at::Tensor& sample_weight_in) {
+  check_inputs(x1t_in, weights_in, labels_in, sample_weight_in);
+  const auto x1t = x1t_in.contiguous();
+  const auto weights = weights_in.contiguous();
+  const auto labels = labels_in.contiguous();
+  const auto sample_weight = sample_weight_in.contiguous();
+  const int64_t f1 = x1t.size(0), n = x1t.size(1), targets = weights.size(0), classes = weights.size(1);
+
+  const int64_t out_size = targets * (1 + classes * f1);
+  const int64_t blocks = (n + kBlock - 1) / kBlock;
+  // Chunks of kBlocksPerChunk blocks, fewer (longer) when the partial buffers would pass ~32 MiB.
+  int64_t per_chunk = kBlocksPerChunk;
+  const int64_t max_chunks = std::max<int64_t>(1, (int64_t(1) << 22) / std::max<int64_t>(1, out_size));
+  if ((blocks + per_chunk - 1) / per_chunk > max_chunks) per_chunk = (blocks + max_chunks - 1) / max_chunks;
+  const int64_t chunks = blocks == 0 ? 0 : (blocks + per_chunk - 1) / per_chunk;
+
+  auto partial = at::zeros({std::max<int64_t>(chunks, 1), out_size}, at::TensorOptions().dtype(at::kDouble));
+  double* part = partial.data_ptr<double>();
+  std::vector<char> bad(chunks, 0);
+  AT_DISPATCH_FLOATING_TYPES(weights.scalar_type(), kOp, [&] {
+    const Problem<scalar_t> p{x1t.data_ptr<scalar_t>(), weights.data_ptr<scalar_t>(), labels.data_ptr<int64_t>(),
+                              sample_weight.data_ptr<scalar_t>(), n, f1, targets, classes};
+    auto run = &chunk_generic<scalar_t>;
+#if LQ_HAVE_AVX2_PATH
+    if (use_avx2()) run = &chunk_avx2<scalar_t>;
+#endif
+    at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+      run(p, ChunkRange{c0, c1, per_chunk, blocks, out_size, part, bad.data()});
+    });
+  });
+  TORCH_CHECK_VALUE(std::none_of(bad.begin(), bad.end(), [](char b) { return b != 0; }), kOp,
+                    ": labels must lie in [0, C) = [0, ", classes,
+                    "), C = weights.shape[1] the number of classes; got a label outside it");
+
+  for (int64_t c = 1; c < chunks; ++c) {  // fixed order
+    const double* src = part + c * out_size;
+    for (int64_t i = 0; i < out_size; ++i) part[i] += src[i];
+  }
+  auto sums = partial[0].to(weights.scalar_type());
+  auto loss = sums.slice(0, 0, targets).clone();
+  auto grad = sums.slice(0, targets, out_size).reshape({targets, classes, f1}).clone();
+  return {loss, grad};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(latentquant, CPU, m) { m.impl("logistic_loss_grad", &logistic_loss_grad_cpu); }
+
+}  // namespace latentquant

@@ -1,0 +1,388 @@
+"""latentquant::logistic_loss_grad (csrc/cpu/logistic.cpp) against its oracle: values on many shapes, padded
+classes, the -80 floor, its polynomial exp and log, finite differences, thread-count and instruction-set
+independence, registration, and the errors users see."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from kernel_utils import poisoned_allocations
+
+from latentquant.metrics.logistic import _two_loop
+from latentquant.ops import _registry
+from latentquant.ops.logistic import _check_ref_inputs, logistic_loss_grad
+from latentquant.reference.logistic import logistic_loss_grad_ref
+
+HAVE_KERNEL = _registry.has_kernel("logistic_loss_grad", "CPU")
+needs_kernel = pytest.mark.skipif(not HAVE_KERNEL, reason="latentquant._C not built")
+
+# The kernel's two instruction-set copies: "default" is the AVX2 one where the CPU has AVX2 and FMA.
+PATHS = ["default", "generic"]
+
+
+@pytest.fixture(params=PATHS)
+def path(request, monkeypatch):
+    if request.param == "generic":
+        monkeypatch.setenv("LATENTQUANT_DISABLE_AVX2", "1")  # read by the kernel on every call
+    return request.param
+
+
+def make_problem(
+    t: int,
+    c: int,
+    f1: int,
+    n: int,
+    dtype: torch.dtype,
+    seed: int,
+    scale: float = 1.0,
+    pad: int = 0,
+    normalized: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """x1t (f1, n) with a last row of ones, weights (t, c, f1), labels (t, n), sample_weight (t, n).
+
+    The first target's last ``pad`` classes are padding (zero coefficients, intercept -1e30, never a label);
+    ``scale`` multiplies the coefficients (large scales push logits past the -80 floor)."""
+    g = torch.Generator().manual_seed(seed)
+    x1t = torch.randn(f1, n, generator=g, dtype=torch.float64)
+    x1t[-1] = 1.0
+    weights = scale * torch.randn(t, c, f1, generator=g, dtype=torch.float64)
+    labels = torch.randint(0, c, (t, n), generator=g)
+    if pad and t:
+        weights[0, c - pad :] = 0.0
+        weights[0, c - pad :, -1] = -1e30
+        labels[0] = torch.randint(0, c - pad, (n,), generator=g)
+    sample_weight = torch.rand(t, n, generator=g, dtype=torch.float64) + 0.1
+    if normalized:
+        sample_weight = sample_weight / sample_weight.sum(dim=1, keepdim=True).clamp_min(1e-300)
+    else:
+        sample_weight = 3.7 * sample_weight
+    return x1t.to(dtype), weights.to(dtype), labels, sample_weight.to(dtype)
+
+
+def _scales(x1t, weights, sample_weight):
+    """Magnitudes the rounding errors scale with: per target sum_n w |z| (loss) and sum_n w |x| (gradient)."""
+    x = x1t.double()
+    logits = weights.double().clamp_min(-1e3) @ x  # padded intercepts would swamp the scale
+    loss_scale = (sample_weight.double() * logits.abs().amax(dim=1)).sum(dim=1) + sample_weight.double().sum(
+        dim=1
+    )
+    grad_scale = (sample_weight.double()[:, None, :] * x.abs()[None]).sum(dim=2)  # (T, F1)
+    return loss_scale, grad_scale
+
+
+def assert_close_to(loss, grad, want_loss, want_grad, scales, ulps: float):
+    """|error| <= ulps * eps(dtype) * scale, elementwise: loss scale per target, gradient scale per feature."""
+    eps = torch.finfo(loss.dtype).eps
+    loss_scale, grad_scale = scales
+    loss_err = (loss.double() - want_loss.double()).abs()
+    grad_err = (grad.double() - want_grad.double()).abs()
+    assert (loss_err <= ulps * eps * loss_scale + 1e-300).all(), (loss_err / (eps * loss_scale)).max()
+    assert (grad_err <= ulps * eps * grad_scale[:, None, :] + 1e-300).all(), (
+        grad_err / (eps * grad_scale[:, None, :])
+    ).max()
+
+
+# (T, C, F1, N): N = 0, 1, odd sizes around the 256-sample block and the 2048-sample chunk; C = 1, 2, 15.
+SHAPES = [
+    (1, 2, 3, 0),
+    (3, 15, 13, 0),
+    (1, 1, 4, 7),
+    (1, 2, 1, 1),
+    (3, 2, 13, 1),
+    (1, 15, 13, 255),
+    (3, 15, 13, 257),
+    (3, 2, 5, 1000),
+    (1, 15, 2, 1031),
+    (3, 1, 13, 2049),
+    (1, 2, 13, 4099),
+    (3, 15, 6, 5001),
+]
+
+
+@needs_kernel
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", SHAPES, ids=[f"T{t}-C{c}-F{f}-N{n}" for t, c, f, n in SHAPES])
+def test_matches_reference(shape, dtype, path):
+    t, c, f1, n = shape
+    x1t, weights, labels, sw = make_problem(t, c, f1, n, dtype, seed=hash(shape) % 2**31, pad=min(2, c - 1))
+    with poisoned_allocations():
+        loss, grad = logistic_loss_grad(x1t, weights, labels, sw)
+    assert loss.shape == (t,) and grad.shape == (t, c, f1)
+    assert loss.dtype == dtype and grad.dtype == dtype
+    want_loss, want_grad = logistic_loss_grad_ref(x1t, weights, labels, sw)
+    truth = logistic_loss_grad_ref(x1t.double(), weights.double(), labels, sw.double())
+    scales = _scales(x1t, weights, sw)
+    # Both implementations round every per-sample quantity a few times (F1-term logit sums, exp, log,
+    # the residual) and sum over samples in different orders: each error is a few eps of the magnitude it
+    # is relative to (scales: sum_n w |z| for the loss, sum_n w |x| for the gradient), and averaging over
+    # samples shrinks it. Measured here: <= 0.9 eps in float32, <= 2.6 eps in float64 (its sums over
+    # samples, not the per-sample terms, dominate). Bound: 8 eps.
+    assert_close_to(loss, grad, want_loss, want_grad, scales, ulps=8)
+    assert_close_to(loss, grad, truth[0].to(dtype), truth[1].to(dtype), scales, ulps=8)
+
+
+@needs_kernel
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_unnormalized_weights_and_extreme_logits(dtype, path):
+    """Weights that do not sum to 1, and coefficients so large that most logits fall more than 80 below the
+    top one (the floor): still the oracle's values."""
+    x1t, weights, labels, sw = make_problem(
+        3, 15, 13, 3001, dtype, seed=7, scale=60.0, pad=3, normalized=False
+    )
+    loss, grad = logistic_loss_grad(x1t, weights, labels, sw)
+    want_loss, want_grad = logistic_loss_grad_ref(x1t, weights, labels, sw)
+    z = weights.double() @ x1t.double()
+    assert ((z.amax(dim=1, keepdim=True) - z) > 80).double().mean() > 0.5  # the floor is hit a lot
+    # Logits of ~|200| carry F1 * eps * 200 of rounding in either implementation; the scales include |z|.
+    # Measured: <= 0.9 eps.
+    assert_close_to(loss, grad, want_loss, want_grad, _scales(x1t, weights, sw), ulps=8)
+    assert torch.isfinite(loss).all() and torch.isfinite(grad).all()
+
+
+@needs_kernel
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_padded_classes_change_nothing(dtype, path):
+    """Padding a target with classes of intercept -1e30 leaves its loss and real rows as they were, and the
+    padded rows' gradient is below 1e-30 (their probability is e^-80 relative at most)."""
+    x1t, weights, labels, sw = make_problem(2, 6, 5, 1500, dtype, seed=3)
+    padded = torch.cat([weights, torch.zeros(2, 4, 5, dtype=dtype)], dim=1)
+    padded[:, 6:, -1] = -1e30
+    loss, grad = logistic_loss_grad(x1t, weights, labels, sw)
+    loss_p, grad_p = logistic_loss_grad(x1t, padded, labels, sw)
+    # exp(-80) is below half an ulp of the per-sample total (>= 1): the sums and the real rows are unchanged.
+    assert torch.equal(loss_p, loss)
+    assert torch.equal(grad_p[:, :6], grad)
+    assert grad_p[:, 6:].abs().max() < 1e-30
+
+
+def _exp_log_problem(a: torch.Tensor, dtype: torch.dtype):
+    """One target per value a_t (identity sample weights, label 0), 16 classes: m = 1 + t % 15 classes of
+    logit 0, then one of logit a_t, then padding. The per-sample total is m + exp(a_t), rounded once (the
+    ones add exactly, the padding adds e^-80, below half an ulp), so the target's loss is log(m + exp(a_t))
+    and the gradient of class m's intercept is exp(a_t) / (m + exp(a_t))."""
+    n = len(a)
+    m = 1 + torch.arange(n) % 15
+    x1t = torch.stack([a, torch.ones(n, dtype=torch.float64)]).to(dtype)  # (2, N): a and the intercept
+    weights = torch.zeros(n, 16, 2, dtype=dtype)
+    classes = torch.arange(16)[None, :]
+    weights[..., 0] = (classes == m[:, None]).to(dtype)
+    weights[..., 1] = torch.where(classes > m[:, None], -1e30, 0.0).to(dtype)
+    return m, (x1t, weights, torch.zeros(n, n, dtype=torch.int64), torch.eye(n, dtype=dtype))
+
+
+@needs_kernel
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_polynomial_exp_and_log(dtype, path):
+    """The kernel's exp (on [-100, 0], floored at -80) and log (on [1, 16]) read out one sample at a time,
+    against torch's float64 exp and log (themselves within 1 ulp of float64, which the float64 bounds
+    include). Measured against long double: residual <= 1.3 eps relative, loss <= 1.6 eps absolute, both
+    dtypes and both instruction sets."""
+    n = 2048
+    a = torch.cat(
+        [torch.linspace(-100.0, 0.0, n - 8, dtype=torch.float64), torch.tensor([-80.0, -79.99] * 4)]
+    )
+    a = a.to(dtype).double()  # representable in dtype
+    m, args = _exp_log_problem(a, dtype)
+    loss, grad = logistic_loss_grad(*args)
+    e = torch.exp(a.clamp_min(-80.0))
+    eps = torch.finfo(dtype).eps
+    # Residual exp(a) / (m + exp(a)): exp's error (logistic.cpp: <= 0.7 eps), the total's rounding (0.5),
+    # the reciprocal's and the product's (0.5 each): <= 2.2 eps relative, plus 1 eps for the float64
+    # reference in the float64 test. Bound: 4 eps.
+    p = grad[torch.arange(n), m, 1].double()
+    want_p = e / (m + e)
+    p_err = ((p - want_p).abs() / (eps * want_p)).max()
+    assert p_err <= 4, p_err
+    # Loss log(m + exp(a)): the total's rounding (0.5 eps relative, which log turns into 0.5 eps absolute),
+    # log's own error (logistic.cpp: <= 1.6 eps absolute) and exp's (<= 0.7 eps, scaled by e / total <= 1):
+    # <= 2.8 eps absolute. Bound: 4 eps.
+    want_loss = torch.log(m + e)
+    loss_err = ((loss.double() - want_loss).abs() / eps).max()
+    assert loss_err <= 4, loss_err
+
+
+@needs_kernel
+def test_gradient_matches_finite_differences(path):
+    x1t, weights, labels, sw = make_problem(2, 4, 5, 300, torch.float64, seed=11)
+    _, grad = logistic_loss_grad(x1t, weights, labels, sw)
+    h = 1e-6
+    fd = torch.zeros_like(weights)
+    for index in range(weights.numel()):
+        step = torch.zeros(weights.numel(), dtype=torch.float64)
+        step[index] = h
+        step = step.view_as(weights)
+        up = logistic_loss_grad(x1t, weights + step, labels, sw)[0]
+        down = logistic_loss_grad(x1t, weights - step, labels, sw)[0]
+        t = index // (weights.shape[1] * weights.shape[2])
+        fd.view(-1)[index] = (up[t] - down[t]) / (2 * h)
+    # Central differences: truncation h^2 |f'''| / 6 ~ 1e-12, rounding eps |f| / h ~ 1e-9.
+    torch.testing.assert_close(grad, fd, rtol=0, atol=1e-8)
+
+
+@needs_kernel
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_result_does_not_depend_on_thread_count(dtype):
+    x1t, weights, labels, sw = make_problem(3, 10, 13, 20011, dtype, seed=5, pad=2)  # 10 chunks of 2048
+    threads = torch.get_num_threads()
+    try:
+        results = []
+        for count in (1, 2):
+            torch.set_num_threads(count)
+            results.append(logistic_loss_grad(x1t, weights, labels, sw))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(results[0][0], results[1][0])
+    assert torch.equal(results[0][1], results[1][1])
+
+
+@needs_kernel
+def test_instruction_sets_agree(monkeypatch):
+    """The AVX2 and baseline copies differ only in rounding (FMA contraction)."""
+    x1t, weights, labels, sw = make_problem(3, 15, 13, 3000, torch.float32, seed=9, pad=3)
+    loss, grad = logistic_loss_grad(x1t, weights, labels, sw)
+    monkeypatch.setenv("LATENTQUANT_DISABLE_AVX2", "1")
+    loss_g, grad_g = logistic_loss_grad(x1t, weights, labels, sw)
+    assert_close_to(loss, grad, loss_g, grad_g, _scales(x1t, weights, sw), ulps=32)
+
+
+@needs_kernel
+def test_non_finite_logits_give_non_finite_loss():
+    """As in the oracle: a NaN or +Inf logit makes that target's loss NaN, other targets are untouched."""
+    x1t, weights, labels, sw = make_problem(3, 4, 3, 600, torch.float32, seed=2)
+    weights[0, 1, 0] = float("nan")
+    weights[1, 2, 2] = float("inf")  # the intercept: +Inf logits on every sample
+    loss, _ = logistic_loss_grad(x1t, weights, labels, sw)
+    want, _ = logistic_loss_grad_ref(x1t, weights, labels, sw)
+    assert torch.isnan(loss[:2]).all() and torch.isnan(want[:2]).all()
+    assert torch.isfinite(loss[2]) and loss[2] == pytest.approx(float(want[2]), rel=1e-6)
+
+
+@needs_kernel
+def test_non_contiguous_inputs():
+    x1t, weights, labels, sw = make_problem(2, 5, 4, 700, torch.float64, seed=4)
+    got = logistic_loss_grad(
+        x1t.T.contiguous().T,
+        weights.transpose(1, 2).contiguous().transpose(1, 2),
+        labels.T.contiguous().T,
+        sw.T.contiguous().T,
+    )
+    want = logistic_loss_grad(x1t, weights, labels, sw)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
+@needs_kernel
+def test_opcheck():
+    for dtype in (torch.float32, torch.float64):
+        args = make_problem(2, 3, 4, 300, dtype, seed=6)
+        torch.library.opcheck(torch.ops.latentquant.logistic_loss_grad.default, args)
+
+
+@needs_kernel
+def test_torch_compile_fullgraph():
+    x1t, weights, labels, sw = make_problem(2, 3, 4, 300, torch.float32, seed=8)
+
+    def f(x1t, weights, labels, sw):
+        loss, grad = logistic_loss_grad(x1t, weights, labels, sw)
+        return loss * 2, grad.sum(dim=2)
+
+    compiled = torch.compile(f, fullgraph=True)
+    got, want = compiled(x1t, weights, labels, sw), f(x1t, weights, labels, sw)
+    assert torch.equal(got[0], want[0])
+    torch.testing.assert_close(got[1], want[1])
+
+
+def _bad_inputs():
+    x1t, weights, labels, sw = make_problem(2, 3, 4, 10, torch.float32, seed=0)
+    return [
+        ((x1t[0], weights, labels, sw), r"x1t must have 2 dimensions, got shape \[10\]"),
+        ((x1t, weights[0], labels, sw), r"weights must have 3 dimensions"),
+        ((x1t, weights, labels[0], sw), r"labels must have 2 dimensions"),
+        ((x1t, weights, labels, sw[None]), r"sample_weight must have 2 dimensions"),
+        ((x1t, weights.half(), labels, sw), r"weights must be float32 or float64, got (Half|torch.float16)"),
+        ((x1t.double(), weights, labels, sw), r"x1t must have weights' dtype"),
+        ((x1t, weights, labels, sw.double()), r"sample_weight must have weights' dtype"),
+        ((x1t, weights, labels.int(), sw), r"labels must be int64"),
+        (
+            (x1t, weights[:, :, :3], labels, sw),
+            r"weights must have shape \(T, C, F1\) with F1 = x1t.shape\[0\] = 4",
+        ),
+        ((x1t, weights[:, :0], labels, sw), r"weights needs at least one class"),
+        ((x1t, weights, labels[:1], sw), r"labels must have shape \(T, N\) = \(2, 10\)"),
+        ((x1t, weights, labels, sw[:, :9]), r"sample_weight must have shape \(T, N\) = \(2, 10\)"),
+    ]
+
+
+@needs_kernel
+@pytest.mark.parametrize("case", range(len(_bad_inputs())))
+def test_bad_input_messages(case):
+    args, message = _bad_inputs()[case]
+    with pytest.raises(ValueError, match="logistic_loss_grad: " + message):
+        logistic_loss_grad(*args)
+    with pytest.raises(ValueError, match="logistic_loss_grad: " + message):  # the oracle path says the same
+        _check_ref_inputs(*args)
+
+
+@needs_kernel
+@pytest.mark.parametrize("bad", [3, -1, 2**32 + 1])
+def test_label_out_of_range(bad):
+    x1t, weights, labels, sw = make_problem(2, 3, 4, 600, torch.float32, seed=1)
+    labels[1, 517] = bad
+    with pytest.raises(ValueError, match=r"logistic_loss_grad: labels must lie in \[0, C\) = \[0, 3\)"):
+        logistic_loss_grad(x1t, weights, labels, sw)
+
+
+def _two_loop_recursion(gradient, s, y, rho):
+    """The textbook two-loop recursion, pair by pair (newest first), as the fit computed it before."""
+    q = gradient.clone()
+    alphas = []
+    for k in range(s.shape[1]):
+        alphas.append(rho[:, k] * (s[:, k] * q).sum(dim=1))
+        q -= alphas[k][:, None] * y[:, k]
+    gamma = torch.ones_like(rho[:, 0])
+    for k in reversed(range(s.shape[1])):  # the newest valid pair wins
+        yy = (y[:, k] * y[:, k]).sum(dim=1)
+        gamma = torch.where(rho[:, k] > 0, 1.0 / (rho[:, k] * yy), gamma)
+    r = gamma[:, None] * q
+    for k in reversed(range(s.shape[1])):
+        beta = rho[:, k] * (y[:, k] * r).sum(dim=1)
+        r += (alphas[k] - beta)[:, None] * s[:, k]
+    return -r
+
+
+@pytest.mark.parametrize("m", [1, 2, 10])
+def test_two_loop_solves_match_the_recursion(m):
+    g = torch.Generator().manual_seed(m)
+    t, d = 4, 30
+    gradient = torch.randn(t, d, generator=g, dtype=torch.float64)
+    s = torch.randn(t, m, d, generator=g, dtype=torch.float64)
+    y = s + 0.3 * torch.randn(t, m, d, generator=g, dtype=torch.float64)
+    rho = 1.0 / (s * y).sum(dim=2)
+    invalid = rho <= 0
+    invalid[1] = True  # a target with no valid pair: steepest descent
+    if m > 1:
+        invalid[2, 0] = True  # newest pair rejected: the next one sets the scaling
+    s[invalid], y[invalid], rho[invalid] = 0.0, 0.0, 0.0
+    want = _two_loop_recursion(gradient, s, y, rho)
+    torch.testing.assert_close(_two_loop(gradient, s, y, rho), want, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(want[1], -gradient[1], rtol=0, atol=0)
+    assert math.isfinite(float(want.abs().max()))
+
+
+@needs_kernel
+def test_fit_is_the_same_on_the_oracle_path(monkeypatch):
+    """fit_logistic with every evaluation on the oracle (what CUDA tensors get) reaches the same fit."""
+    from latentquant.metrics.logistic import fit_logistic
+    from latentquant.ops import logistic as logistic_op
+
+    g = torch.Generator().manual_seed(12)
+    features = torch.randn(1500, 4, generator=g, dtype=torch.float64)
+    logits = features @ torch.randn(4, 12, generator=g, dtype=torch.float64)
+    labels = torch.stack([logits[:, :3].argmax(1), logits[:, 3:5].argmax(1), logits[:, 5:].argmax(1)], dim=1)
+    kernel = fit_logistic(features, labels)
+    monkeypatch.setattr(logistic_op, "_KERNEL_KEYS", frozenset())
+    oracle = fit_logistic(features, labels)
+    torch.testing.assert_close(kernel.cross_entropy, oracle.cross_entropy, rtol=0, atol=1e-9)
+    torch.testing.assert_close(kernel.weights, oracle.weights, rtol=1e-5, atol=1e-5)
+    assert (kernel.n_iter - oracle.n_iter).abs().max() <= 1
