@@ -428,7 +428,8 @@ inline int64_t last_within(const double* v, int64_t in, int64_t out, double x, d
 // Nearly always the bracket spans only the gap between two same-label points (~N / count positions), and
 // then counting the inside positions of a fixed W-wide stretch (masked to the bracket) beats the binary
 // search: W independent compares that vectorize, no chain of dependent loads, no branch. They may read
-// W positions on either side of `in` (v is padded with kSearchWidth entries at both ends).
+// W positions on either side of `in` (v is padded with kSearchWidth entries at both ends). W is a multiple
+// of 4, so the lanes fill whole AVX2 vectors.
 constexpr int64_t kSearchWidth = 64;
 
 // m = last - first + 1 for brackets (lo_out, lo_in] and [hi_in, hi_out), or -1 if one is wider than W.
@@ -440,11 +441,19 @@ inline int64_t count_bracketed(const double* v, int64_t lo_out, int64_t lo_in, i
   const double* lo = v + lo_in;
   const double* hi = v + hi_in;
   int64_t c = 0;
-  for (int64_t j = 1; j < W; ++j) {
+  for (int64_t j = 1; j <= W; ++j) {  // W lanes (a multiple of 4: whole AVX2 vectors), masked to the bracket
     c += (j < lo_gap) & (sq(x - lo[-j]) <= r2);
     c += (j < hi_gap) & (sq(x - hi[j]) <= r2);
   }
   return hi_in - lo_in + 1 + c;
+}
+
+// The smallest of the widths count_block is compiled for (4, 8, 12, 16, 24, 32, 48, 64) that is >= want,
+// or 64.
+inline int64_t counting_width(int64_t want) {
+  for (const int64_t w : {4, 8, 12, 16, 24, 32, 48})
+    if (want <= w) return w;
+  return kSearchWidth;
 }
 
 // Counts m (or -1: needs the general search) of the points of one block, see mi_cd_scalar.
@@ -465,8 +474,11 @@ __attribute__((target_clones("avx2", "default"))) void count_block(
     switch (width) {
       case 4: c = count_bracketed<4>(kept, lo_out, lo_in, hi_in, hi_out, x, r2[t]); break;
       case 8: c = count_bracketed<8>(kept, lo_out, lo_in, hi_in, hi_out, x, r2[t]); break;
+      case 12: c = count_bracketed<12>(kept, lo_out, lo_in, hi_in, hi_out, x, r2[t]); break;
       case 16: c = count_bracketed<16>(kept, lo_out, lo_in, hi_in, hi_out, x, r2[t]); break;
+      case 24: c = count_bracketed<24>(kept, lo_out, lo_in, hi_in, hi_out, x, r2[t]); break;
       case 32: c = count_bracketed<32>(kept, lo_out, lo_in, hi_in, hi_out, x, r2[t]); break;
+      case 48: c = count_bracketed<48>(kept, lo_out, lo_in, hi_in, hi_out, x, r2[t]); break;
       default: c = count_bracketed<kSearchWidth>(kept, lo_out, lo_in, hi_in, hi_out, x, r2[t]); break;
     }
     if (c < 0)
@@ -609,8 +621,7 @@ double mi_cd_scalar(const Column& col, const Codes& lab, int64_t n, int64_t n_ne
     }
     // Counting width for this label: the gap between two of its points averages n_kept / cnt positions
     // (roughly geometric), so 3x that leaves a few percent of brackets to the binary search.
-    const int64_t width =
-        std::min<int64_t>(kSearchWidth, std::bit_ceil<uint64_t>(std::max<int64_t>(3 * n_kept / cnt, 4)));
+    const int64_t width = counting_width(3 * n_kept / cnt);
     for (int64_t t0 = 0; t0 < cnt; t0 += kBlock) {
       const int64_t len = std::min(kBlock, cnt - t0);
       window_block(run + t0, len, k, r2b, i0b, i1b, s.gaps.data());
