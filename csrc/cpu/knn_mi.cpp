@@ -433,17 +433,18 @@ inline int64_t last_within(const double* v, int64_t in, int64_t out, double x, d
 constexpr int64_t kSearchWidth = 64;
 
 // m = last - first + 1 for brackets (lo_out, lo_in] and [hi_in, hi_out), or -1 if one is wider than W.
+// No mask is needed: positions past `out` are farther from x than `out`, which is outside, so they are
+// outside too; the count over the W positions next to `in` is the count over the bracket.
 template <int W>
 inline int64_t count_bracketed(const double* v, int64_t lo_out, int64_t lo_in, int64_t hi_in, int64_t hi_out,
                                double x, double r2) {
   if (lo_in - lo_out > W || hi_out - hi_in > W) return -1;
-  const int64_t lo_gap = lo_in - lo_out, hi_gap = hi_out - hi_in;
-  const double* lo = v + lo_in;
-  const double* hi = v + hi_in;
+  const double* lo = v + lo_in - W;
+  const double* hi = v + hi_in + 1;
   int64_t c = 0;
-  for (int64_t j = 1; j <= W; ++j) {  // W lanes (a multiple of 4: whole AVX2 vectors), masked to the bracket
-    c += (j < lo_gap) & (sq(x - lo[-j]) <= r2);
-    c += (j < hi_gap) & (sq(x - hi[j]) <= r2);
+  for (int64_t j = 0; j < W; ++j) {  // W lanes (a multiple of 4: whole AVX2 vectors)
+    c += sq(x - lo[j]) <= r2;
+    c += sq(x - hi[j]) <= r2;
   }
   return hi_in - lo_in + 1 + c;
 }
@@ -592,7 +593,7 @@ double mi_cd_scalar(const Column& col, const Codes& lab, int64_t n, int64_t n_ne
   std::fill(s.kept.begin() + kSearchWidth + n_kept, s.kept.end(), kInf);
   CountHistogram sum_m(s.hist, n);
   const double* kept = s.kept.data() + kSearchWidth;
-  constexpr int64_t kBlock = 256;
+  constexpr int64_t kBlock = 128;  // the squared gaps of a block, (k + 1) x (kBlock + k + 1), stay in L1
   const int64_t max_window = std::min(n_neighbors, kMaxWindow);
   s.gaps.resize((max_window + 1) * (kBlock + max_window + 1));
   double r2b[kBlock];
