@@ -402,22 +402,12 @@ inline double below(double d) {
   return d;
 }
 
-// Edges of the run of positions p of the sorted array v with sq(x - v[p]) <= r2 (a contiguous run:
-// distances grow away from x). Both take a bracket from the same-label entries: `in` is inside the run
-// and `out` outside it (or -1 / n). The general search is a binary search over the bracket.
-inline int64_t first_within(const double* v, int64_t out, int64_t in, double x, double r2) {
-  while (in - out > 1) {
+// Edge of the run of positions p of the sorted array v with sq(x - v[p]) <= r2 (a contiguous run:
+// distances grow away from x): given `in` inside the run and `out` outside it (or -1 / n), on either side
+// of `in`, the position next to the boundary on the inside. The bracket comes from the same-label entries.
+inline int64_t edge_within(const double* v, int64_t in, int64_t out, double x, double r2) {
+  while (in - out > 1 || out - in > 1) {
     const int64_t mid = out + (in - out) / 2;
-    const bool w = sq(x - v[mid]) <= r2;
-    in = w ? mid : in;
-    out = w ? out : mid;
-  }
-  return in;
-}
-
-inline int64_t last_within(const double* v, int64_t in, int64_t out, double x, double r2) {
-  while (out - in > 1) {
-    const int64_t mid = in + (out - in) / 2;
     const bool w = sq(x - v[mid]) <= r2;
     in = w ? mid : in;
     out = w ? out : mid;
@@ -483,7 +473,7 @@ __attribute__((target_clones("avx2", "default"))) void count_block(
       default: c = count_bracketed<kSearchWidth>(kept, lo_out, lo_in, hi_in, hi_out, x, r2[t]); break;
     }
     if (c < 0)
-      c = last_within(kept, hi_in, hi_out, x, r2[t]) - first_within(kept, lo_out, lo_in, x, r2[t]) + 1;
+      c = edge_within(kept, hi_in, hi_out, x, r2[t]) - edge_within(kept, lo_in, lo_out, x, r2[t]) + 1;
     m[t] = static_cast<int32_t>(c);
   }
 }
