@@ -61,6 +61,10 @@ def measure(n: int, discrete: bool) -> dict[str, object]:
 @pytest.mark.parametrize("discrete", [False, True], ids=["continuous", "discrete"])
 def test_infomec_standalone_vs_sklearn_reference(discrete: bool) -> None:
     n = int(os.environ.get("LATENTQUANT_BENCH_N", "50000"))
+    if discrete:
+        # The reference's one-hot LogisticRegression runs for > 6 minutes at N = 50,000 (the target is stated
+        # for continuous latents); the discrete case is timed at 5,000 samples unless asked for fewer.
+        n = min(n, 5000)
     row = measure(n, discrete)
     print_table(f"infomec(convention='standalone'), 12 latents x 6 sources, N={n}", [row])
     assert abs(row["infoe_ours"] - row["infoe_ref"]) <= 0.02
@@ -76,4 +80,5 @@ def test_infomec_standalone_vs_sklearn_reference(discrete: bool) -> None:
 if __name__ == "__main__":
     for discrete in (False, True):
         n = int(os.environ.get("LATENTQUANT_BENCH_N", "50000"))
+        n = min(n, 5000) if discrete else n
         print_table(f"infomec standalone N={n}", [measure(n, discrete)])
