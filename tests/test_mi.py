@@ -284,3 +284,17 @@ def test_column_std_has_sklearns_bits(n):
     np.testing.assert_array_equal(_inputs._column_std(torch.from_numpy(x), False).numpy(), want)
     want_target = np.array([np.nanstd(np.ascontiguousarray(x[:, j])) for j in range(5)])  # regression y
     np.testing.assert_array_equal(_inputs._column_std(torch.from_numpy(x), True).numpy(), want_target)
+
+
+def test_cc_large_n_equals_sklearn(sklearn_without_noise):
+    """The k-d tree search of the C++ KSG kernel at a size where it has many levels: independent, dependent
+    and heavily tied columns against scikit-learn."""
+    rng = np.random.default_rng(11)
+    n = 4000
+    x = rng.standard_normal((n, 3))
+    x[:, 2] = np.round(x[:, 2] * 3)  # heavy ties
+    y = np.stack([x[:, 0] + 0.2 * rng.standard_normal(n), rng.standard_cauchy(n)], 1)
+    got = mi.mutual_info_continuous_continuous(x, y, n_neighbors=10, jitter=0)
+    want = np.stack([mutual_info_regression(x, y[:, j], n_neighbors=10) for j in range(2)], 1)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-9)
+    assert want[0, 0] > 0.5

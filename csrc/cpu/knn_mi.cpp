@@ -8,7 +8,9 @@
 // same-label neighbours of a point form a window of its label's sorted run (min over k + 1 windows,
 // vectorized over points), and the count "within r" is bracketed by same-label entries, so its search
 // spans the gap between two of them (~N / count positions), not the whole neighbourhood (mi_cd_scalar).
-// Vector-valued latents (D > 1) use blocked brute force, O(N^2 D) per pair. Pairs run in parallel
+// KSG (knn_mi_cc) on two scalar columns finds the joint max-norm neighbours with a 2-D k-d tree
+// (KdTree2) and the marginal counts in the sorted columns. Vector-valued latents (D > 1) use blocked brute
+// force, O(N^2 D) per pair. Pairs run in parallel
 // (at::parallel_for); each pair is computed by one thread in a fixed order, so results do not depend on
 // the thread count.
 //
@@ -718,13 +720,6 @@ at::Tensor knn_mi_cd_cpu(const at::Tensor& x_in, const at::Tensor& y_in, int64_t
 
 // ---------------------------------------------------------------- continuous-continuous
 
-struct CcScratch {
-  std::vector<double> ya;    // y values in a's sorted order
-  std::vector<int64_t> ypos; // sorted position (in b) of the sample at each sorted position of a
-  std::vector<double> best;  // k smallest joint distances so far, ascending
-  std::vector<double> da, db, joint;
-};
-
 // Insert d into the ascending array best[0..k) when smaller than its last element.
 inline void push_best(std::vector<double>& best, double d) {
   int64_t i = static_cast<int64_t>(best.size()) - 1;
@@ -736,6 +731,102 @@ inline void push_best(std::vector<double>& best, double d) {
   best[i] = d;
 }
 
+// 2-D k-d tree for the max-norm k nearest neighbours of the points of one scalar pair. Leaves of at most
+// kLeaf points, stored contiguously in tree order; each node keeps its bounding box. A query visits nodes
+// nearer first and skips a node whose box is at least the current k-th distance away (the box bound is
+// computed from the same rounded differences as the point distances, so it never exceeds them). Expected
+// O(log N + k) node visits per query whatever the dependence between the two variables, where sweeping
+// one sorted marginal visits ~sqrt(k N) points for independent ones.
+struct KdTree2 {
+  static constexpr int32_t kLeaf = 8;
+  struct Node {
+    double xlo, xhi, ylo, yhi;
+    int32_t begin, end, left, right;  // left = -1: a leaf
+  };
+  std::vector<Node> nodes;
+  std::vector<double> px, py;
+  std::vector<int32_t> id;  // the query index of each stored point (to skip the query itself)
+  std::vector<std::pair<int32_t, double>> stack;
+
+  void build(const double* x, const double* y, int64_t n) {
+    id.resize(n);
+    std::iota(id.begin(), id.end(), 0);
+    nodes.clear();
+    nodes.reserve(2 * (n / kLeaf + 1));
+    build_node(x, y, 0, static_cast<int32_t>(n));
+    px.resize(n);
+    py.resize(n);
+    for (int64_t i = 0; i < n; ++i) {
+      px[i] = x[id[i]];
+      py[i] = y[id[i]];
+    }
+  }
+
+  int32_t build_node(const double* x, const double* y, int32_t begin, int32_t end) {
+    Node nd{kInf, -kInf, kInf, -kInf, begin, end, -1, -1};
+    for (int32_t i = begin; i < end; ++i) {
+      nd.xlo = std::min(nd.xlo, x[id[i]]);
+      nd.xhi = std::max(nd.xhi, x[id[i]]);
+      nd.ylo = std::min(nd.ylo, y[id[i]]);
+      nd.yhi = std::max(nd.yhi, y[id[i]]);
+    }
+    const int32_t self = static_cast<int32_t>(nodes.size());
+    nodes.push_back(nd);
+    if (end - begin <= kLeaf) return self;
+    const double* axis = (nd.xhi - nd.xlo >= nd.yhi - nd.ylo) ? x : y;
+    const int32_t mid = begin + (end - begin) / 2;
+    std::nth_element(id.begin() + begin, id.begin() + mid, id.begin() + end,
+                     [&](int32_t a, int32_t b) { return axis[a] < axis[b]; });
+    const int32_t left = build_node(x, y, begin, mid);
+    const int32_t right = build_node(x, y, mid, end);
+    nodes[self].left = left;
+    nodes[self].right = right;
+    return self;
+  }
+
+  static double box_distance(const Node& nd, double qx, double qy) {
+    const double dx = std::max({nd.xlo - qx, qx - nd.xhi, 0.0});
+    const double dy = std::max({nd.ylo - qy, qy - nd.yhi, 0.0});
+    return std::max(dx, dy);
+  }
+
+  // best[0..k) receives the k smallest max-norm distances from point `self` to the others, ascending.
+  void query(int32_t self, double qx, double qy, std::vector<double>& best) {
+    stack.clear();
+    stack.emplace_back(0, 0.0);
+    while (!stack.empty()) {
+      const auto [ni, bound] = stack.back();
+      stack.pop_back();
+      if (bound >= best.back()) continue;
+      const Node& nd = nodes[ni];
+      if (nd.left < 0) {
+        for (int32_t i = nd.begin; i < nd.end; ++i) {
+          if (id[i] == self) continue;
+          push_best(best, std::fmax(std::fabs(qx - px[i]), std::fabs(qy - py[i])));
+        }
+        continue;
+      }
+      const double dl = box_distance(nodes[nd.left], qx, qy), dr = box_distance(nodes[nd.right], qx, qy);
+      if (dl <= dr) {  // the nearer child on top of the stack
+        stack.emplace_back(nd.right, dr);
+        stack.emplace_back(nd.left, dl);
+      } else {
+        stack.emplace_back(nd.left, dl);
+        stack.emplace_back(nd.right, dr);
+      }
+    }
+  }
+};
+
+struct CcScratch {
+  std::vector<double> ya;    // y values in a's sorted order
+  std::vector<int64_t> ypos; // sorted position (in b) of the sample at each sorted position of a
+  std::vector<double> best;  // k smallest joint distances so far, ascending
+  std::vector<double> da, db, joint;
+  KdTree2 tree;             // D == 1 pairs: the joint k-NN search
+};
+
+
 double mi_cc_scalar(const Column& a, const Column& b, int64_t n, int64_t k, const std::vector<double>& psi,
                     CcScratch& s) {
   s.ya.resize(n);
@@ -746,22 +837,12 @@ double mi_cc_scalar(const Column& a, const Column& b, int64_t n, int64_t k, cons
   }
   const double* xs = a.sorted.data();
   const double* ys = b.sorted.data();
+  s.tree.build(xs, s.ya.data(), n);  // points indexed by their position in x's sorted order
   CompensatedSum sum_nx, sum_ny;
   for (int64_t p = 0; p < n; ++p) {
     const double xq = xs[p], yq = s.ya[p];
     s.best.assign(k, kInf);
-    // Visit the other points in increasing |dx| (merging both sides); the joint max-norm distance is at
-    // least |dx|, so stop once |dx| reaches the current k-th distance.
-    int64_t lo = p - 1, hi = p + 1;
-    while (true) {
-      const double dl = lo >= 0 ? std::fabs(xq - xs[lo]) : kInf;
-      const double dh = hi < n ? std::fabs(xq - xs[hi]) : kInf;
-      const bool left = dl <= dh;
-      const double dx = left ? dl : dh;
-      if (dx == kInf || dx >= s.best[k - 1]) break;
-      const int64_t q = left ? lo-- : hi++;
-      push_best(s.best, std::fmax(dx, std::fabs(yq - s.ya[q])));
-    }
+    s.tree.query(static_cast<int32_t>(p), xq, yq, s.best);
     const double r = std::nextafter(s.best[k - 1], 0.0);
     sum_nx.add(psi[count_run(p, n, [&](int64_t q) { return std::fabs(xq - xs[q]) <= r; })]);
     sum_ny.add(psi[count_run(s.ypos[p], n, [&](int64_t q) { return std::fabs(yq - ys[q]) <= r; })]);
