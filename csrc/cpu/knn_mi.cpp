@@ -39,8 +39,8 @@ namespace latentquant {
 namespace {
 
 constexpr double kInf = std::numeric_limits<double>::infinity();
-// Largest k handled by the windowed k-th neighbour search of scalar latents (stack arrays); larger k
-// fall back to the sequential merge.
+// Largest k served by the windowed k-th neighbour search of scalar latents, which keeps k + 1 rows of
+// squared gaps per block of points; larger k fall back to the sequential merge.
 constexpr int64_t kMaxWindow = 64;
 
 double digamma_pos(double x) {
@@ -235,10 +235,9 @@ std::vector<Column> gather_columns(const at::Tensor& x, bool sort, bool lookup) 
 }
 
 // k-th smallest squared distance from run[t] to the other members of a sorted run of `cnt` scalars:
-// the candidates on each side are already in increasing order, so merge k of them (branch-free).
-// `left` / `right` receive the run offsets of the first candidates not taken on each side, whose
-// distances are at least the k-th (-1 / cnt when a side is exhausted).
-double kth_sorted_run(const double* run, int64_t t, int64_t cnt, int64_t k, int64_t& left, int64_t& right) {
+// the candidates on each side are already in increasing order, so merge k of them (branch-free). Serves
+// k > kMaxWindow.
+double kth_sorted_run(const double* run, int64_t t, int64_t cnt, int64_t k) {
   int64_t a = t - 1, b = t + 1;
   double d = 0.0;
   const double v = run[t];
@@ -250,59 +249,7 @@ double kth_sorted_run(const double* run, int64_t t, int64_t cnt, int64_t k, int6
     a -= take_left;
     b += !take_left;
   }
-  left = a;
-  right = b;
   return d;
-}
-
-// Number of positions of the sorted array `v` (length n) within squared distance r2 of v[g], g included.
-// lo_hint < g < hi_hint are positions expected outside the run (-1 / n for none); the search checks them
-// and gallops past a hint that turns out to be inside.
-int64_t count_within(const double* v, int64_t n, int64_t g, double r2, int64_t lo_hint, int64_t hi_hint) {
-  const double x = v[g];
-  auto within = [&](int64_t p) { return sq(x - v[p]) <= r2; };
-  int64_t lo = lo_hint, hi = g;  // within(hi); lo outside or -1
-  if (lo >= 0 && within(lo)) {
-    hi = lo;
-    int64_t step = 1;
-    lo = -1;
-    for (int64_t p = hi - 1; p >= 0; p = hi - step) {
-      if (!within(p)) {
-        lo = p;
-        break;
-      }
-      hi = p;
-      step <<= 1;
-    }
-  }
-  while (hi - lo > 1) {
-    const int64_t mid = lo + (hi - lo) / 2;
-    const bool w = within(mid);
-    hi = w ? mid : hi;
-    lo = w ? lo : mid;
-  }
-  const int64_t first = hi;
-  lo = g, hi = hi_hint;  // within(lo); hi outside or n
-  if (hi < n && within(hi)) {
-    lo = hi;
-    int64_t step = 1;
-    hi = n;
-    for (int64_t p = lo + 1; p < n; p = lo + step) {
-      if (!within(p)) {
-        hi = p;
-        break;
-      }
-      lo = p;
-      step <<= 1;
-    }
-  }
-  while (hi - lo > 1) {
-    const int64_t mid = lo + (hi - lo) / 2;
-    const bool w = within(mid);
-    lo = w ? mid : lo;
-    hi = w ? hi : mid;
-  }
-  return lo - first + 1;
 }
 
 // scikit-learn searches a label class by brute force when k >= count // 2 and then ranks scalars by
@@ -394,15 +341,9 @@ double finish_cd(const Codes& lab, int64_t n_kept, int64_t n_neighbors, const st
   return std::max(0.0, psi[n_kept] + (sum_k - sum_count - sum_m) / static_cast<double>(n_kept));
 }
 
-// The largest double below d, for finite d > 0 (std::nextafter(d, 0.0) without the library call); 0 stays 0.
-inline double below(double d) {
-  if (d == 0.0) return d;
-  uint64_t bits;
-  std::memcpy(&bits, &d, sizeof bits);
-  --bits;
-  std::memcpy(&d, &bits, sizeof d);
-  return d;
-}
+// The largest double below d, for d > 0 (std::nextafter(d, 0.0) without the library call, and without a
+// branch, so loops over it vectorize); 0 stays 0.
+inline double below(double d) { return std::bit_cast<double>(std::bit_cast<uint64_t>(d) - (d != 0.0)); }
 
 // Edge of the run of positions p of the sorted array v with sq(x - v[p]) <= r2 (a contiguous run:
 // distances grow away from x): given `in` inside the run and `out` outside it (or -1 / n), on either side
@@ -415,6 +356,12 @@ inline int64_t edge_within(const double* v, int64_t in, int64_t out, double x, d
     out = w ? out : mid;
   }
   return in;
+}
+
+// Number of positions of the sorted array v (length n) within squared distance r2 of v[g], g included:
+// the general search over the whole array, for the points the bracketed count cannot serve.
+inline int64_t count_within(const double* v, int64_t n, int64_t g, double r2) {
+  return edge_within(v, g, n, v[g], r2) - edge_within(v, g, -1, v[g], r2) + 1;
 }
 
 // Nearly always the bracket spans only the gap between two same-label points (~N / count positions), and
@@ -515,10 +462,8 @@ __attribute__((target_clones("avx2", "default"))) void window_block(const double
     }
   }
   for (int64_t i = 0; i < len; ++i) {
-    const double r = std::sqrt(r2[i]);
-    const uint64_t bits = std::bit_cast<uint64_t>(r);
-    const double shrunk = std::bit_cast<double>(bits - (r != 0.0));  // r > 0: one ulp down; 0 stays 0
-    r2[i] = shrunk * shrunk;
+    const double r = below(std::sqrt(r2[i]));
+    r2[i] = r * r;
   }
   for (int64_t i = 0; i < len; ++i) i0[i] = i1[i] = 0;
   for (int64_t j = 1; j <= k + 1; ++j) {
@@ -600,15 +545,14 @@ double mi_cd_scalar(const Column& col, const Codes& lab, int64_t n, int64_t n_ne
       // scikit-learn's brute-force ranking (small classes).
       for (int64_t t = 0; t < cnt; ++t) {
         const double r = below(std::sqrt(kth_brute_expansion(run, t, cnt, k, s.buf)));
-        sum_m.add(count_within(kept, n_kept, run_g[t], r * r, -1, n_kept));
+        sum_m.add(count_within(kept, n_kept, run_g[t], r * r));
       }
       continue;
     }
     if (k > kMaxWindow) {
       for (int64_t t = 0; t < cnt; ++t) {
-        int64_t left, right;
-        const double r = below(std::sqrt(kth_sorted_run(run, t, cnt, k, left, right)));
-        sum_m.add(count_within(kept, n_kept, run_g[t], r * r, -1, n_kept));
+        const double r = below(std::sqrt(kth_sorted_run(run, t, cnt, k)));
+        sum_m.add(count_within(kept, n_kept, run_g[t], r * r));
       }
       continue;
     }
@@ -620,7 +564,7 @@ double mi_cd_scalar(const Column& col, const Codes& lab, int64_t n, int64_t n_ne
       window_block(run + t0, len, k, r2b, i0b, i1b, s.gaps.data());
       count_block(kept, run + t0, run_g + t0, len, k, width, r2b, i0b, i1b, mb);
       for (int64_t i = 0; i < len; ++i)
-        sum_m.add(mb[i] >= 0 ? mb[i] : count_within(kept, n_kept, run_g[t0 + i], r2b[i], -1, n_kept));
+        sum_m.add(mb[i] >= 0 ? mb[i] : count_within(kept, n_kept, run_g[t0 + i], r2b[i]));
     }
   }
   return finish_cd(lab, n_kept, n_neighbors, psi, sum_m.sum_and_clear(psi));
@@ -658,7 +602,7 @@ double mi_cd_vector(const Column& col, const Codes& lab, int64_t n, int64_t dim,
       for (int64_t j = 0; j < cnt; ++j)
         if (j != t) s.buf.push_back(sq_dist(run + t * dim, run + j * dim, dim));
       std::nth_element(s.buf.begin(), s.buf.begin() + (k - 1), s.buf.end());
-      const double r = std::nextafter(std::sqrt(s.buf[k - 1]), 0.0);
+      const double r = below(std::sqrt(s.buf[k - 1]));
       s.radius2[kept_pos[s.run_idx[s.offset[c] + t]]] = r * r;
     }
   }
@@ -843,7 +787,7 @@ double mi_cc_scalar(const Column& a, const Column& b, int64_t n, int64_t k, cons
     const double xq = xs[p], yq = s.ya[p];
     s.best.assign(k, kInf);
     s.tree.query(static_cast<int32_t>(p), xq, yq, s.best);
-    const double r = std::nextafter(s.best[k - 1], 0.0);
+    const double r = below(s.best[k - 1]);
     sum_nx.add(psi[count_run(p, n, [&](int64_t q) { return std::fabs(xq - xs[q]) <= r; })]);
     sum_ny.add(psi[count_run(s.ypos[p], n, [&](int64_t q) { return std::fabs(yq - ys[q]) <= r; })]);
   }
@@ -864,7 +808,7 @@ double mi_cc_brute(const Column& a, int64_t da_dim, const Column& b, int64_t db_
       if (j != i) s.joint[t++] = std::fmax(s.da[j], s.db[j]);
     }
     std::nth_element(s.joint.begin(), s.joint.begin() + (k - 1), s.joint.end());
-    const double r = std::nextafter(s.joint[k - 1], 0.0);
+    const double r = below(s.joint[k - 1]);
     int64_t nx = 0, ny = 0;
     for (int64_t j = 0; j < n; ++j) {
       nx += s.da[j] <= r;
