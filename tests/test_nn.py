@@ -170,3 +170,37 @@ def test_vector_quantizer_channel_first():
     z_hat, idx, _ = vq(z)
     assert z_hat.shape == z.shape and idx.shape == (2, 3, 5)
     torch.testing.assert_close(vq.indices_to_values(idx), z_hat)
+
+
+@pytest.mark.parametrize("layer", ["ragged", "global"])
+def test_differentiable_sample_sends_gradient_to_exactly_the_drawn_values(layer):
+    if layer == "ragged":
+        q = LatentQuantizer(3, [4, 2, 5])
+        with torch.no_grad():  # crossed values: rank order differs from storage order
+            q.values.copy_(
+                torch.tensor([[0.3, -0.7, 0.9, 0.1, 0.1], [0.2, -0.2, 0, 0, 0], [0.5, 0.4, -0.1, 0.8, -0.9]])
+            )
+    else:
+        q = GlobalLatentQuantizer(3, 8)
+        with torch.no_grad():
+            q.values.copy_(torch.tensor([0.3, -0.7, 0.9, 0.1, 0.6, -0.4, 0.0, -0.2]))
+    n = 2  # few draws: some values are never drawn and must get exactly zero gradient
+    plain = q.sample(n, generator=torch.Generator().manual_seed(5))
+    s = q.sample(n, generator=torch.Generator().manual_seed(5), differentiable=True)
+    assert not plain.requires_grad and s.requires_grad
+    assert torch.equal(plain, s.detach())  # same indices for the same generator either way
+    w = torch.randn(n, 3, generator=torch.Generator().manual_seed(6))
+    (s * w).sum().backward()
+    # expected: every draw adds its weight to the stored entry whose value it took
+    expected = torch.zeros_like(q.values)
+    vals = q.values.detach()
+    for i in range(n):
+        for d in range(3):
+            row = vals[d, : q.num_values[d]] if layer == "ragged" else vals
+            k = int((row == s[i, d].detach()).nonzero()[0])
+            if layer == "ragged":
+                expected[d, k] += w[i, d]
+            else:
+                expected[k] += w[i, d]
+    torch.testing.assert_close(q.values.grad, expected, rtol=0, atol=1e-6)
+    assert torch.count_nonzero(expected == 0) > 0

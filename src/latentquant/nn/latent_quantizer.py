@@ -142,14 +142,29 @@ class _ScalarCodebookQuantizer(nn.Module, abc.ABC):
         flat = il.long() + torch.arange(self.num_latents, device=il.device) * cb.shape[1]
         return cb.flatten()[flat]
 
-    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """(n, L) latents drawn uniformly and independently from each latent's values (the GAN prior)."""
-        if n < 0:
-            raise ValueError(f"{type(self).__name__}.sample: n must be >= 0, got {n}")
+    def sample(
+        self, n: int, generator: torch.Generator | None = None, differentiable: bool = False
+    ) -> torch.Tensor:
+        """Draw latents uniformly and independently from each latent's values (the GAN prior).
+
+        Args:
+            n: number of draws.
+            generator: a CPU ``torch.Generator`` for the draw (the indices are drawn on the CPU, then moved).
+            differentiable: keep the autograd graph to the values: the draw is a gather from ``values``, so a
+                loss on the sample sends gradient to exactly the drawn entries (summed over repeats) and to no
+                other; QLInfoWGAN-GP trains its codebook through the generator's losses this way. With
+                ``False`` the sample is detached. The same generator state draws the same indices either way.
+
+        Returns:
+            (n, L) tensor on the values' device and dtype.
+        """
+        if not isinstance(n, int) or n < 0:
+            raise ValueError(f"{type(self).__name__}.sample: n must be an int >= 0, got {n!r}")
         sizes = torch.tensor(self.num_values, dtype=torch.float64)
         u = torch.rand(n, self.num_latents, generator=generator, dtype=torch.float64)
         idx = (u * sizes).long().clamp_max(sizes.long() - 1)
-        return self._decode(idx.to(self.codebook().device)).detach()
+        drawn = self._decode(idx.to(self.values.device))
+        return drawn if differentiable else drawn.detach()
 
     def extra_repr(self) -> str:
         return (
