@@ -1,7 +1,8 @@
 """The ``latentquant`` command: one entry point, one sub-command module per area.
 
 Each area registers its sub-commands through a ``register(subparsers)`` function in its own ``cli``
-module (``latentquant.data.cli``, ``latentquant.metrics.cli``, ``latentquant.train.cli``); a sub-command
+module (``latentquant.data.cli``, ``latentquant.metrics.cli``, ``latentquant.train.cli``,
+``latentquant.study.cli``); a sub-command
 stores its handler as ``func`` on the parsed arguments. Errors a user can fix (bad arguments, missing or
 corrupt files) exit with status 2 and one line naming what was wrong.
 """
@@ -12,7 +13,12 @@ import argparse
 import importlib
 import sys
 
-_AREAS = ("latentquant.data.cli", "latentquant.metrics.cli", "latentquant.train.cli")
+_AREAS = (
+    "latentquant.data.cli",
+    "latentquant.metrics.cli",
+    "latentquant.train.cli",
+    "latentquant.study.cli",
+)
 
 
 class UsageError(Exception):
