@@ -16,10 +16,16 @@ import yaml
 
 from latentquant.cli import main
 from latentquant.train import build_optimizer, clip_gradients, param_groups
-from latentquant.train.checkpoint import CHECKPOINT_NAME, Checkpoint, load_checkpoint, save_checkpoint
+from latentquant.train.checkpoint import (
+    CHECKPOINT_NAME,
+    Checkpoint,
+    load_checkpoint,
+    restore_optimizers,
+    save_checkpoint,
+)
 from latentquant.train.config import parse_overrides, resolve_config
 from latentquant.train.loop import train
-from latentquant.zoo import build_model
+from latentquant.zoo import AE, build_model
 
 TINY = {
     "model": "qlae",
@@ -132,9 +138,7 @@ def test_parse_overrides():
 
 # ------------------------------------------------------------------------------------------ checkpoints
 def _small_checkpoint(step: int) -> Checkpoint:
-    return Checkpoint(
-        step, {"w": torch.full((2, 2), float(step))}, None, {"torch": torch.get_rng_state()}, {}
-    )
+    return Checkpoint(step, {"w": torch.full((2, 2), float(step))}, {}, {"torch": torch.get_rng_state()}, {})
 
 
 def test_checkpoint_round_trip(tmp_path):
@@ -144,14 +148,15 @@ def test_checkpoint_round_trip(tmp_path):
     model.losses(x, model(x))["loss"].backward()
     optimizer.step()
     save_checkpoint(
-        tmp_path / "c.safetensors", Checkpoint(7, model.state_dict(), optimizer.state_dict(), {}, {"a": 1})
+        tmp_path / "c.safetensors",
+        Checkpoint(7, model.state_dict(), {"model": optimizer.state_dict()}, {}, {"a": 1}),
     )
     loaded = load_checkpoint(tmp_path / "c.safetensors")
-    assert loaded.step == 7 and loaded.extra == {"a": 1}
+    assert loaded.step == 7 and loaded.extra == {"a": 1} and list(loaded.optimizer_states) == ["model"]
     for key, value in model.state_dict().items():
         torch.testing.assert_close(loaded.model_state[key], value, rtol=0, atol=0)
     fresh = build_optimizer(model, 1e-3, 0.1)
-    fresh.load_state_dict(loaded.optimizer_state)
+    restore_optimizers({"model": fresh}, loaded.optimizer_states, tmp_path / "c.safetensors")
     state = optimizer.state_dict()["state"]
     for index, entries in fresh.state_dict()["state"].items():
         for name, value in entries.items():
@@ -210,7 +215,12 @@ def _weights(out: Path) -> dict[str, torch.Tensor]:
 
 
 def _flat_optimizer(checkpoint: Checkpoint) -> dict[str, torch.Tensor]:
-    return {f"{i}.{n}": v for i, s in checkpoint.optimizer_state["state"].items() for n, v in s.items()}
+    return {
+        f"{name}.{i}.{n}": v
+        for name, state in checkpoint.optimizer_states.items()
+        for i, s in state["state"].items()
+        for n, v in s.items()
+    }
 
 
 def test_run_directory_contents(finished_run):
@@ -351,3 +361,88 @@ def test_overwrite_replaces_only_the_run_files(tmp_path):
         _prepare_settings({}, tmp_path, resume=False)
     _prepare_settings({"overwrite": True}, tmp_path, resume=False)
     assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
+# ------------------------------------------------------------------------------------------ model interface
+class _TwoOptimizerAE(AE):
+    """An AE whose encoder and decoder have their own optimizers, the decoder stepped every 2nd step (the
+    shape of the GANs' critic/generator schedule), to check the loop knows no model family."""
+
+    def configure_optimizers(self, config):
+        return {
+            "encoder": torch.optim.AdamW(self.encoder.parameters(), lr=config.lr, weight_decay=0.1),
+            "decoder": torch.optim.Adam(self.decoder.parameters(), lr=config.lr / 2),
+        }
+
+    def train_step(self, images, step, optimizers, config, forward=None):
+        losses = self.losses(images, (forward or self)(images))
+        for optimizer in optimizers.values():
+            optimizer.zero_grad(set_to_none=True)
+        losses["loss"].backward()
+        optimizers["encoder"].step()
+        if step % 2 == 0:
+            optimizers["decoder"].step()
+        return {"loss": losses["loss"].detach(), "decoder_steps": torch.tensor(float(step // 2 + 1))}
+
+
+@pytest.fixture
+def two_optimizer_model(monkeypatch):
+    import latentquant.train.loop as loop
+
+    def make(config, dataset):
+        return _TwoOptimizerAE(int(config.num_latents), tuple(dataset.image_shape), "tiny", "tiny")
+
+    monkeypatch.setattr(loop, "make_model", make)
+
+
+def test_loop_checkpoints_every_named_optimizer_and_resumes_exactly(two_optimizer_model, tmp_path):
+    settings = {**TINY, "model": "ae", "steps": 5}
+    full = train(settings, tmp_path / "full", progress=False)
+    assert full.step == 5
+    checkpoint = load_checkpoint(tmp_path / "full" / CHECKPOINT_NAME)
+    assert sorted(checkpoint.optimizer_states) == ["decoder", "encoder"]
+    decoder_steps = {float(s["step"]) for s in checkpoint.optimizer_states["decoder"]["state"].values()}
+    encoder_steps = {float(s["step"]) for s in checkpoint.optimizer_states["encoder"]["state"].values()}
+    assert decoder_steps == {3.0} and encoder_steps == {5.0}  # decoder stepped at steps 0, 2, 4
+    assert checkpoint.optimizer_states["decoder"]["param_groups"][0]["lr"] == settings.get("lr", 1e-3) / 2
+
+    def interrupt_at_three(step, losses):
+        if step == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    part = tmp_path / "part"
+    assert train(settings, part, on_step=interrupt_at_three, progress=False).interrupted
+    train({}, part, resume=True, progress=False)
+    expected, actual = _weights(tmp_path / "full"), _weights(part)
+    assert expected.keys() == actual.keys() and any(k.startswith("opt.decoder.") for k in expected)
+    for key in expected:
+        torch.testing.assert_close(actual[key], expected[key], rtol=0, atol=0, msg=key)
+
+
+def test_restore_optimizers_names_missing_and_unexpected_optimizers(tmp_path):
+    model = build_model("ae", 4, (3, 64, 64), encoder="tiny", decoder="tiny")
+    state = {"model": build_optimizer(model, 1e-3, 0.1).state_dict()}
+    with pytest.raises(
+        ValueError, match=r"c.safetensors stores optimizer states \['model'\].*missing: \['critic'"
+    ):
+        restore_optimizers(
+            {"model": build_optimizer(model, 1e-3, 0.1), "critic": build_optimizer(model, 1e-3, 0.1)},
+            state,
+            "c.safetensors",
+        )
+    with pytest.raises(ValueError, match=r"unexpected: \['model'\]"):
+        restore_optimizers({"generator": build_optimizer(model, 1e-3, 0.1)}, state, "c.safetensors")
+    with pytest.raises(ValueError, match="has no optimizer state"):
+        restore_optimizers({"model": build_optimizer(model, 1e-3, 0.1)}, {}, "c.safetensors")
+
+
+def test_autoencoder_train_step_returns_detached_losses_and_steps_the_optimizer():
+    config = resolve_config({**TINY}, num_factors=2)
+    model = build_model("qlae", 4, (3, 64, 64), encoder="tiny", decoder="tiny")
+    optimizers = model.configure_optimizers(config)
+    assert list(optimizers) == ["model"] and isinstance(optimizers["model"], torch.optim.AdamW)
+    before = model.decoder.output.weight.detach().clone()
+    losses = model.train_step(torch.rand(4, 3, 64, 64), 0, optimizers, config)
+    assert {"loss", "binary_cross_entropy", "quantization"} <= set(losses)
+    assert all(v.ndim == 0 and not v.requires_grad for v in losses.values())
+    assert not torch.equal(model.decoder.output.weight.detach(), before)

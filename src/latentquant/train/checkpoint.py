@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_save
 
 FORMAT = "latentquant-checkpoint"
-VERSION = 1
+VERSION = 2
 CHECKPOINT_NAME = "checkpoint.safetensors"
 
 
@@ -27,14 +27,15 @@ class Checkpoint:
     Attributes:
         step: optimizer steps completed.
         model_state: the model's ``state_dict``.
-        optimizer_state: the optimizer's ``state_dict`` (``None`` for weights-only files).
+        optimizer_states: each optimizer's ``state_dict`` under the name the model gave it in
+            ``configure_optimizers`` (empty for weights-only files).
         rng: named generator states (uint8 tensors), e.g. ``"torch"``, ``"data"``.
-        extra: JSON-serializable run information (model name, config digest, ...).
+        extra: JSON-serializable run information (model name, training time, ...).
     """
 
     step: int
     model_state: dict[str, torch.Tensor]
-    optimizer_state: dict[str, Any] | None = None
+    optimizer_states: dict[str, dict[str, Any]] = field(default_factory=dict)
     rng: dict[str, torch.Tensor] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -73,14 +74,17 @@ def save_checkpoint(path: str | Path, checkpoint: Checkpoint) -> None:
     tensors: dict[str, torch.Tensor] = {}
     for name, value in checkpoint.model_state.items():
         tensors[f"model.{name}"] = value.detach().cpu().contiguous().clone()
-    groups = None
-    if checkpoint.optimizer_state is not None:
-        for index, state in checkpoint.optimizer_state["state"].items():
+    groups: dict[str, Any] = {}
+    for optimizer_name, optimizer_state in checkpoint.optimizer_states.items():
+        _check_optimizer_name(optimizer_name)
+        for index, state in optimizer_state["state"].items():
             for key, value in state.items():
                 if not torch.is_tensor(value):
                     value = torch.tensor(value)
-                tensors[f"optimizer.{index}.{key}"] = value.detach().cpu().contiguous().clone()
-        groups = checkpoint.optimizer_state["param_groups"]
+                tensors[f"optimizer.{optimizer_name}.{index}.{key}"] = (
+                    value.detach().cpu().contiguous().clone()
+                )
+        groups[optimizer_name] = optimizer_state["param_groups"]
     for name, state in checkpoint.rng.items():
         tensors[f"rng.{name}"] = state.detach().cpu().contiguous().clone()
     metadata = {
@@ -123,24 +127,48 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         extra = json.loads(metadata["extra"])
     except (KeyError, ValueError) as err:
         raise ValueError(f"checkpoint {path} has damaged metadata: {err}") from err
+    if not isinstance(groups, dict) or not all(isinstance(g, list) for g in groups.values()):
+        raise ValueError(
+            f"checkpoint {path}: metadata field 'optimizer_param_groups' must map optimizer names to lists "
+            f"of parameter groups, got {metadata['optimizer_param_groups'][:200]!r}"
+        )
     model_state: dict[str, torch.Tensor] = {}
-    optimizer_tensors: dict[int, dict[str, torch.Tensor]] = {}
+    optimizer_tensors: dict[str, dict[int, dict[str, torch.Tensor]]] = {name: {} for name in groups}
     rng: dict[str, torch.Tensor] = {}
     for key, value in tensors.items():
         kind, _, rest = key.partition(".")
         if kind == "model":
             model_state[rest] = value
         elif kind == "optimizer":
-            index, _, name = rest.partition(".")
-            optimizer_tensors.setdefault(int(index), {})[name] = value
+            optimizer_name, index, name = _split_optimizer_key(rest)
+            if optimizer_name not in optimizer_tensors or not index.isdigit() or not name:
+                raise ValueError(
+                    f"checkpoint {path} holds optimizer tensor {key!r} of no stored optimizer "
+                    f"(optimizers: {sorted(groups)})"
+                )
+            optimizer_tensors[optimizer_name].setdefault(int(index), {})[name] = value
         elif kind == "rng":
             rng[rest] = value
         else:
             raise ValueError(f"checkpoint {path} holds an unexpected tensor {key!r}")
-    optimizer_state = None if groups is None else {"state": optimizer_tensors, "param_groups": groups}
+    optimizer_states = {
+        name: {"state": optimizer_tensors[name], "param_groups": groups[name]} for name in groups
+    }
     return Checkpoint(
-        step=step, model_state=model_state, optimizer_state=optimizer_state, rng=rng, extra=extra
+        step=step, model_state=model_state, optimizer_states=optimizer_states, rng=rng, extra=extra
     )
+
+
+def _check_optimizer_name(name: str) -> None:
+    if not name or "." in name:
+        raise ValueError(f"optimizer names must be non-empty and without '.', got {name!r}")
+
+
+def _split_optimizer_key(rest: str) -> tuple[str, str, str]:
+    """``"<name>.<param index>.<state key>"`` -> its three parts (empty strings where absent)."""
+    optimizer_name, _, rest = rest.partition(".")
+    index, _, name = rest.partition(".")
+    return optimizer_name, index, name
 
 
 def restore_model(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str | Path) -> None:
@@ -165,12 +193,32 @@ def restore_model(model: torch.nn.Module, state: dict[str, torch.Tensor], source
     model.load_state_dict(state)
 
 
-def restore_optimizer(
-    optimizer: torch.optim.Optimizer, state: dict[str, Any] | None, source: str | Path
+def restore_optimizers(
+    optimizers: dict[str, torch.optim.Optimizer], states: dict[str, dict[str, Any]], source: str | Path
 ) -> None:
-    """Load an optimizer state saved by :func:`save_checkpoint`, with a clear error when it does not fit."""
-    if state is None:
+    """Load each optimizer's state from ``states`` by name; the names must match exactly.
+
+    Raises:
+        ValueError: no optimizer state at all, an optimizer without a stored state or a stored state of no
+            optimizer, or a state that does not fit its optimizer (all naming the checkpoint).
+    """
+    if not states:
         raise ValueError(f"checkpoint {source} has no optimizer state, so training cannot resume from it")
+    missing = sorted(set(optimizers) - set(states))
+    extra = sorted(set(states) - set(optimizers))
+    if missing or extra:
+        raise ValueError(
+            f"checkpoint {source} stores optimizer states {sorted(states)} but this model has optimizers "
+            f"{sorted(optimizers)}"
+            + (f" (missing: {missing})" if missing else "")
+            + (f" (unexpected: {extra})" if extra else "")
+        )
+    for name, optimizer in optimizers.items():
+        restore_optimizer(optimizer, states[name], f"{source} (optimizer {name!r})")
+
+
+def restore_optimizer(optimizer: torch.optim.Optimizer, state: dict[str, Any], source: str | Path) -> None:
+    """Load one optimizer state saved by :func:`save_checkpoint`, with a clear error when it does not fit."""
     saved_sizes = [len(g["params"]) for g in state["param_groups"]]
     own_sizes = [len(g["params"]) for g in optimizer.param_groups]
     if saved_sizes != own_sizes:

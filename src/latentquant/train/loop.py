@@ -1,5 +1,8 @@
-"""The training loop: paper optimizer set-up, periodic logging, evaluation and atomic checkpoints,
-Ctrl-C to a resumable checkpoint, and exact resumption (same weights as an uninterrupted run)."""
+"""The training loop: data, devices, periodic logging, evaluation and atomic checkpoints, Ctrl-C to a
+resumable checkpoint, and exact resumption (same weights as an uninterrupted run).
+
+The loop knows no model family: the model names its optimizers (``configure_optimizers``) and takes each
+step itself (``train_step``); the loop checkpoints every optimizer's state under its name."""
 
 from __future__ import annotations
 
@@ -23,12 +26,11 @@ from latentquant.train.checkpoint import (
     Checkpoint,
     load_checkpoint,
     restore_model,
-    restore_optimizer,
+    restore_optimizers,
     save_checkpoint,
 )
 from latentquant.train.config import TrainConfig, merge_settings, resolve_config
 from latentquant.train.evaluate import Evaluation, evaluate_model, evaluation_factors
-from latentquant.train.optim import build_optimizer, clip_gradients
 from latentquant.train.run import (
     CONFIG_NAME,
     LOG_NAME,
@@ -106,6 +108,24 @@ def _configure_torch(config: TrainConfig) -> None:
     if config.num_threads is not None:
         torch.set_num_threads(config.num_threads)
     torch.use_deterministic_algorithms(config.deterministic)
+
+
+def _model_optimizers(model: torch.nn.Module, config: TrainConfig) -> dict[str, torch.optim.Optimizer]:
+    """The model's named optimizers (``configure_optimizers``), checked to be a non-empty name -> optimizer map."""
+    optimizers = model.configure_optimizers(config)
+    if not isinstance(optimizers, dict) or not optimizers:
+        raise ValueError(
+            f"{type(model).__name__}.configure_optimizers must return a non-empty dict of name -> optimizer, "
+            f"got {optimizers!r}"
+        )
+    for name, optimizer in optimizers.items():
+        if not isinstance(name, str) or not name or "." in name:
+            raise ValueError(f"optimizer names must be non-empty strings without '.', got {name!r}")
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise ValueError(
+                f"optimizer {name!r} is a {type(optimizer).__name__}, not a torch.optim.Optimizer"
+            )
+    return optimizers
 
 
 def _rng_states(data_generator: torch.Generator, device: torch.device) -> dict[str, torch.Tensor]:
@@ -190,13 +210,13 @@ def train(
     model = make_model(config, dataset).to(device)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(model, config.lr, float(config.weight_decay))
+    optimizers = _model_optimizers(model, config)
     data_generator = torch.Generator().manual_seed(config.seed)
     step = 0
     train_seconds = 0.0
     if checkpoint is not None:
         restore_model(model, checkpoint.model_state, out_dir / CHECKPOINT_NAME)
-        restore_optimizer(optimizer, checkpoint.optimizer_state, out_dir / CHECKPOINT_NAME)
+        restore_optimizers(optimizers, checkpoint.optimizer_states, out_dir / CHECKPOINT_NAME)
         _restore_rng(checkpoint.rng, data_generator, device)
         step = checkpoint.step
         train_seconds = float(checkpoint.extra.get("train_seconds", 0.0))
@@ -205,13 +225,13 @@ def train(
     write_config(out_dir, config)
 
     forward = torch.compile(model) if config.compile else model
-    use_amp = config.amp and device.type == "cuda"
     eval_factors = evaluation_factors(dataset, config.eval_samples, config.eval_seed)
 
     def save(at_step: int) -> None:
         extra = {"model": config.model, "dataset": config.dataset, "train_seconds": train_seconds}
+        optimizer_states = {name: optimizer.state_dict() for name, optimizer in optimizers.items()}
         state = Checkpoint(
-            at_step, model.state_dict(), optimizer.state_dict(), _rng_states(data_generator, device), extra
+            at_step, model.state_dict(), optimizer_states, _rng_states(data_generator, device), extra
         )
         save_checkpoint(out_dir / CHECKPOINT_NAME, state)
 
@@ -251,18 +271,16 @@ def train(
                     images = images.to(device, non_blocking=True)
                     if config.channels_last:
                         images = images.contiguous(memory_format=torch.channels_last)
-                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                        outputs = forward(images)
-                        losses = model.losses(images, outputs)
-                    optimizer.zero_grad(set_to_none=True)
-                    losses["loss"].backward()
-                    clip_gradients(optimizer, config.grad_clip)
-                    optimizer.step()
+                    losses = model.train_step(images, step, optimizers, config, forward=forward)
+                    if "loss" not in losses:
+                        raise ValueError(
+                            f"{type(model).__name__}.train_step must return a 'loss' entry, got {sorted(losses)}"
+                        )
                     step += 1
                     in_step = False
                     train_seconds += time.perf_counter() - tick
 
-                    values = {k: float(v.detach()) for k, v in losses.items()}
+                    values = {k: float(v) for k, v in losses.items()}
                     if not all(math.isfinite(v) for v in values.values()):
                         raise FloatingPointError(f"non-finite loss at step {step}: {values}")
                     for key, value in values.items():

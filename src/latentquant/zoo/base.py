@@ -5,6 +5,11 @@ named loss terms (``losses``; the key ``"loss"`` is the total that is minimized)
 representation that evaluation scores (``representation``) together with a decoder from that
 representation back to images (``decode_representation``) and the values a latent traversal visits
 (``traversal_values``).
+
+Training goes through two methods the loop calls without knowing the model family:
+``configure_optimizers(config)`` names the model's optimizers and ``train_step(images, step, optimizers,
+config)`` takes one optimization step with them and returns the losses to log. Autoencoders have one
+optimizer, ``"model"``; models with several (the GANs: critic and generator) override both.
 """
 
 from __future__ import annotations
@@ -104,3 +109,49 @@ class Autoencoder(nn.Module, abc.ABC):
     def codebook_parameters(self) -> list[nn.Parameter]:
         """Parameters of codebooks (excluded from weight decay and gradient clipping); none by default."""
         return []
+
+    def configure_optimizers(self, config: Any) -> dict[str, torch.optim.Optimizer]:
+        """The optimizers of this model by name; checkpoints store and restore their states under these names.
+
+        Args:
+            config: the run's ``latentquant.train.TrainConfig`` (``lr``, ``weight_decay`` are read).
+
+        Returns:
+            ``{"model": AdamW}`` over the paper's parameter groups (``latentquant.train.build_optimizer``).
+        """
+        from latentquant.train.optim import build_optimizer
+
+        return {"model": build_optimizer(self, config.lr, float(config.weight_decay))}
+
+    def train_step(
+        self,
+        images: torch.Tensor,
+        step: int,
+        optimizers: dict[str, torch.optim.Optimizer],
+        config: Any,
+        forward: Any = None,
+    ) -> dict[str, torch.Tensor]:
+        """One optimization step on a batch: forward, losses, backward, gradient clipping, optimizer step.
+
+        Args:
+            images: the batch ``(B, C, H, W)`` in [0, 1], already on the model's device.
+            step: steps completed before this one (0 for the first step of a run).
+            optimizers: what :meth:`configure_optimizers` returned (restored from a checkpoint on resume).
+            config: the run's ``TrainConfig``; ``amp`` (bfloat16 autocast, CUDA only) and ``grad_clip`` are read.
+            forward: the module to run the forward pass through (e.g. ``torch.compile(self)``); default ``self``.
+
+        Returns:
+            Detached scalar loss tensors by name, ``"loss"`` (the minimized total) always among them.
+        """
+        from latentquant.train.optim import clip_gradients
+
+        optimizer = optimizers["model"]
+        use_amp = bool(config.amp) and images.device.type == "cuda"
+        with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=use_amp):
+            outputs = (forward if forward is not None else self)(images)
+            losses = self.losses(images, outputs)
+        optimizer.zero_grad(set_to_none=True)
+        losses["loss"].backward()
+        clip_gradients(optimizer, config.grad_clip)
+        optimizer.step()
+        return {name: value.detach() for name, value in losses.items()}
