@@ -249,7 +249,10 @@ def train(
             log({"kind": "eval", "step": at_step, "metrics": evaluation.metrics})
             return evaluation
 
+        # Each logged term is its mean over the steps of the window that returned it (a GAN's generator terms
+        # come every 5th step only).
         sums: dict[str, float] = {}
+        counts: dict[str, int] = {}
         window_steps, window_start = 0, time.perf_counter()
         stop = _StopRequest()
         bar = tqdm(
@@ -285,6 +288,7 @@ def train(
                         raise FloatingPointError(f"non-finite loss at step {step}: {values}")
                     for key, value in values.items():
                         sums[key] = sums.get(key, 0.0) + value
+                        counts[key] = counts.get(key, 0) + 1
                     window_steps += 1
                     bar.update(1)
                     if step % 10 == 0 or step == config.steps:
@@ -295,12 +299,12 @@ def train(
                             {
                                 "kind": "train",
                                 "step": step,
-                                "losses": {k: v / window_steps for k, v in sums.items()},
+                                "losses": {k: v / counts[k] for k, v in sums.items()},
                                 "steps_per_second": window_steps / max(now - window_start, 1e-9),
                                 "time": time.time(),
                             }
                         )
-                        sums, window_steps, window_start = {}, 0, now
+                        sums, counts, window_steps, window_start = {}, {}, 0, now
                     if config.eval_every and step % config.eval_every == 0 and step < config.steps:
                         run_evaluation(step)
                     if step % config.checkpoint_every == 0 and step < config.steps:
