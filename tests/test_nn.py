@@ -81,7 +81,7 @@ def test_channel_first():
     z = torch.randn(2, 4, 3, 3)
     z_hat, idx, _ = q(z)
     assert z_hat.shape == idx.shape == z.shape
-    ref, ref_idx, _ = LatentQuantizer(4, 5)(z.movedim(1, -1))
+    ref, ref_idx, _ = LatentQuantizer(4, 5, channel_first=False)(z.movedim(1, -1))  # channel-last 4-D
     torch.testing.assert_close(z_hat, ref.movedim(-1, 1))
     torch.testing.assert_close(q.indices_to_values(idx), z_hat)
 
@@ -114,11 +114,11 @@ def test_global_codebook_is_shared():
 
 
 def test_layer_errors():
-    with pytest.raises(ValueError, match="expected 3 latents"):
+    with pytest.raises(ValueError, match="expected 3 features"):
         LatentQuantizer(3)(torch.zeros(2, 4))
     with pytest.raises(ValueError, match="num_values has 2 entries for 3 latents"):
         LatentQuantizer(3, [2, 3])
-    with pytest.raises(ValueError, match="at least one value"):
+    with pytest.raises(ValueError, match=r"at least 1 value\(s\).*num_values=\[0, 3\]"):
         LatentQuantizer(2, [0, 3])
     with pytest.raises(ValueError, match="out of range"):
         LatentQuantizer(2, 3).indices_to_values(torch.tensor([[0, 3]]))
@@ -204,3 +204,51 @@ def test_differentiable_sample_sends_gradient_to_exactly_the_drawn_values(layer)
                 expected[k] += w[i, d]
     torch.testing.assert_close(q.values.grad, expected, rtol=0, atol=1e-6)
     assert torch.count_nonzero(expected == 0) > 0
+
+
+@pytest.mark.parametrize("ema", [False, True])
+def test_vector_quantizer_output_dtype_under_bf16_autocast(ema):
+    torch.manual_seed(7)
+    enc = torch.nn.Linear(6, 4)
+    vq = VectorQuantizer(4, 8, ema=ema)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        z = enc(torch.randn(16, 6))
+        z_hat, idx, loss = vq(z)
+    assert z.dtype == torch.bfloat16 and z_hat.dtype == torch.bfloat16  # float32 with ema before the fix
+    torch.testing.assert_close(z_hat, vq.codebook.detach()[idx].to(torch.bfloat16), rtol=0, atol=0)
+
+
+def test_vector_quantizer_argument_checks():
+    with pytest.warns(UserWarning, match="decay=0.9 has no effect without ema=True"):
+        VectorQuantizer(4, 8, decay=0.9)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        VectorQuantizer(4, 8, ema=True, decay=0.9)
+        VectorQuantizer(4, 8, decay=0.9, dead_code_threshold=0.1)  # decay drives the usage counts
+        VectorQuantizer(4, 8)
+    for eps in (0.0, -1e-5):
+        with pytest.raises(ValueError, match=f"eps .* must be > 0, got {eps}"):
+            VectorQuantizer(4, 8, ema=True, eps=eps)
+
+
+def test_vector_quantizer_image_layout_is_detected():
+    vq = VectorQuantizer(8, 16)
+    z = torch.randn(2, 8, 3, 5)
+    z_hat, idx, _ = vq(z)
+    assert z_hat.shape == z.shape and idx.shape == (2, 3, 5)
+    torch.testing.assert_close(vq.indices_to_values(idx), z_hat)
+
+
+def test_ragged_sizes_are_checked_on_load():
+    saved = LatentQuantizer(3, [5, 5, 8]).state_dict()
+    assert saved["num_values_per_latent"].tolist() == [5, 5, 8]
+    with pytest.raises(
+        RuntimeError, match=r"num_values=\[5, 5, 8\] but this layer was built with num_values=\[8, 5, 5\]"
+    ):
+        LatentQuantizer(3, [8, 5, 5]).load_state_dict(saved)
+    same = LatentQuantizer(3, [5, 5, 8])
+    same.load_state_dict(saved)
+    legacy = {"values": saved["values"]}  # a state from before the sizes were stored still loads
+    LatentQuantizer(3, [5, 5, 8]).load_state_dict(legacy)

@@ -7,6 +7,11 @@ shares one set of values across all latents (the paper's ablation). Both run the
 Indices are *ranks*: index k of latent d is its k-th smallest value, whatever order the learned values
 drift into, so indices are ordinal (useful as discrete latents for metrics and for traversals) and
 ``indices_to_values`` always agrees with the forward pass.
+
+vector-quantize-pytorch compatibility: ``LatentQuantizer(levels=[5, 5, 8], dim=16)`` builds the layer the way
+vqp's ``LatentQuantize`` is built (learned ``Linear`` projections in and out when ``dim != len(levels)``, one flat
+mixed-radix code index per position, ``indices_to_codes``, ``codebook_size``), with vqp's input layouts
+(see :func:`latentquant.nn._layout.is_channel_first`).
 """
 
 from __future__ import annotations
@@ -17,7 +22,14 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from latentquant.nn._layout import from_channel_last, to_channel_last
+from latentquant.nn._layout import (
+    MixedRadix,
+    check_levels,
+    from_channel_last,
+    is_channel_first,
+    projections,
+    to_channel_last,
+)
 from latentquant.ops import latent_quantize
 
 
@@ -39,8 +51,11 @@ class _ScalarCodebookQuantizer(nn.Module, abc.ABC):
         num_latents: int,
         quantization_weight: float,
         commitment_weight: float,
-        channel_first: bool,
+        channel_first: bool | None,
         check_finite: bool,
+        dim: int | None = None,
+        flat_indices: bool = False,
+        projection_has_bias: bool = True,
     ) -> None:
         super().__init__()
         if not isinstance(num_latents, int) or num_latents < 1:
@@ -56,8 +71,27 @@ class _ScalarCodebookQuantizer(nn.Module, abc.ABC):
                 raise ValueError(f"{type(self).__name__}: {name} must be >= 0, got {w}")
         self.quantization_weight = float(quantization_weight)
         self.commitment_weight = float(commitment_weight)
+        if channel_first not in (None, True, False):
+            raise ValueError(
+                f"{type(self).__name__}: channel_first must be None, True or False, got {channel_first!r}"
+            )
         self.channel_first = channel_first
         self.check_finite = check_finite
+        if dim is not None and (not isinstance(dim, int) or dim < 1):
+            raise ValueError(f"{type(self).__name__}: dim must be a positive int or None, got {dim!r}")
+        self.dim = num_latents if dim is None else dim
+        self.project_in, self.project_out = projections(self.dim, num_latents, projection_has_bias)
+        self.flat_indices = bool(flat_indices)
+
+    def _init_radix(self) -> None:
+        self._radix = MixedRadix(type(self).__name__, self.num_values)
+        if self.flat_indices:
+            self._radix.check_fits()
+
+    @property
+    def codebook_size(self) -> int:
+        """Size of the (never enumerated) product codebook: ``prod(num_values)``, an exact Python int."""
+        return self._radix.size
 
     @abc.abstractmethod
     def codebook(self) -> torch.Tensor:
@@ -69,7 +103,7 @@ class _ScalarCodebookQuantizer(nn.Module, abc.ABC):
 
     def codebook_parameters(self) -> list[nn.Parameter]:
         """Codebook parameters: keep them out of weight decay and gradient clipping."""
-        return [p for p in self.parameters() if p.requires_grad]
+        return [self.values] if self.values.requires_grad else []
 
     def _order(self, codebook: torch.Tensor) -> torch.Tensor:
         return self._sort_keys(codebook.detach()).argsort(dim=1, stable=True)
@@ -90,37 +124,76 @@ class _ScalarCodebookQuantizer(nn.Module, abc.ABC):
         """Quantize each latent to its nearest value.
 
         Args:
-            z: (..., L) latents, or (B, L, *spatial) with ``channel_first=True``.
+            z: (B, dim), (B, N, dim) or (..., dim) channel last; (B, dim, H, W) or (B, dim, T, H, W) channel first.
+                With ``channel_first=None`` 4+ dims mean channel first (vector-quantize-pytorch's rule);
+                ``True`` / ``False`` force the layout.
 
         Returns:
-            z_hat: same shape as z, quantized values with the straight-through gradient.
-            indices: same shape as z, int64 ranks (0 = smallest value of that latent).
-            aux_loss: () ``qw * mean((sg(z) - z_q)^2) + cw * mean((z - sg(z_q))^2)``.
+            z_hat: same shape as z, quantized values with the straight-through gradient (through ``project_out``
+                when ``dim != num_latents``).
+            indices: int64. Per latent (``flat_indices=False``): z's shape with L channels, ranks (0 = smallest
+                value of that latent). Flat: z's shape without the channel dim, one mixed-radix code per position.
+            aux_loss: () ``qw * mean((sg(z) - z_q)^2) + cw * mean((z - sg(z_q))^2)`` in latent space (after
+                ``project_in``).
         """
-        zl = to_channel_last(z, self.channel_first)
-        if zl.shape[-1] != self.num_latents:
+        cf = is_channel_first(z.dim(), self.channel_first)
+        zl = to_channel_last(z, cf)
+        if zl.shape[-1] != self.dim:
             raise ValueError(
-                f"{type(self).__name__}: expected {self.num_latents} latents in the "
-                f"{'channel (dim 1)' if self.channel_first else 'last'} dimension, got input of shape {tuple(z.shape)}"
+                f"{type(self).__name__}: expected {self.dim} features in the "
+                f"{'channel (dim 1)' if cf else 'last'} dimension, got input of shape {tuple(z.shape)}"
             )
+        zp = self.project_in(zl)
         codebook = self.codebook()
         z_hat, raw, aux_loss = latent_quantize(
-            zl, codebook, self.quantization_weight, self.commitment_weight, check_finite=self.check_finite
+            zp, codebook, self.quantization_weight, self.commitment_weight, check_finite=self.check_finite
         )
         num_values = codebook.shape[1]
         flat = raw + torch.arange(self.num_latents, device=raw.device) * num_values
         indices = self._ranks(codebook).flatten()[flat]
-        return (
-            from_channel_last(z_hat, self.channel_first),
-            from_channel_last(indices, self.channel_first),
-            aux_loss,
-        )
+        z_hat = self.project_out(z_hat)
+        if self.flat_indices:
+            return from_channel_last(z_hat, cf), self._radix.to_flat(indices), aux_loss
+        return from_channel_last(z_hat, cf), from_channel_last(indices, cf), aux_loss
 
     def indices_to_values(self, indices: torch.Tensor) -> torch.Tensor:
-        """Decode rank indices (..., L) (or (B, L, *spatial) with ``channel_first``) to values."""
-        return from_channel_last(
-            self._decode(to_channel_last(indices, self.channel_first)), self.channel_first
-        )
+        """Decode per-latent rank indices to latent values (before ``project_out``).
+
+        Args:
+            indices: (..., L) integers, or (B, L, *spatial) channel first (same layout rule as ``forward``).
+
+        Returns:
+            float tensor of indices' shape.
+        """
+        cf = is_channel_first(indices.dim(), self.channel_first)
+        return from_channel_last(self._decode(to_channel_last(indices, cf)), cf)
+
+    def indices_to_codes(self, indices: torch.Tensor) -> torch.Tensor:
+        """Decode what ``forward`` returns as indices to what it returns as ``z_hat`` (vqp's ``indices_to_codes``).
+
+        Args:
+            indices: flat (B, ...) codes when ``flat_indices`` (channel first output when they have 3+ dims, as in
+                vqp, or with ``channel_first=True``), else per-latent ranks laid out like ``forward``'s input.
+
+        Returns:
+            codes of ``forward``'s ``z_hat`` layout with ``dim`` features (through ``project_out``).
+        """
+        if self.flat_indices:
+            cf = indices.dim() >= 3 if self.channel_first is None else self.channel_first
+            values = self._decode(self._radix.from_flat(indices))
+        else:
+            cf = is_channel_first(indices.dim(), self.channel_first)
+            values = self._decode(to_channel_last(indices, cf))
+        return from_channel_last(self.project_out(values), cf)
+
+    def indices_to_flat(self, indices: torch.Tensor) -> torch.Tensor:
+        """(..., L) per-latent indices (channel last) -> (...) int64 flat mixed-radix codes
+        ``sum_d indices[..., d] * prod(num_values[:d])``."""
+        return self._radix.to_flat(indices)
+
+    def flat_to_indices(self, flat: torch.Tensor) -> torch.Tensor:
+        """(...) flat codes -> (..., L) int64 per-latent indices (inverse of :meth:`indices_to_flat`)."""
+        return self._radix.from_flat(flat)
 
     def _decode(self, il: torch.Tensor) -> torch.Tensor:
         if il.shape[-1] != self.num_latents:
@@ -167,9 +240,11 @@ class _ScalarCodebookQuantizer(nn.Module, abc.ABC):
         return drawn if differentiable else drawn.detach()
 
     def extra_repr(self) -> str:
+        extra = f", dim={self.dim}" if self.dim != self.num_latents else ""
+        extra += ", flat_indices=True" if self.flat_indices else ""
         return (
             f"num_latents={self.num_latents}, num_values={self.num_values}, "
-            f"quantization_weight={self.quantization_weight}, commitment_weight={self.commitment_weight}"
+            f"quantization_weight={self.quantization_weight}, commitment_weight={self.commitment_weight}{extra}"
         )
 
 
@@ -177,40 +252,85 @@ class LatentQuantizer(_ScalarCodebookQuantizer):
     """Per-latent scalar codebooks (QLAE).
 
     Args:
-        num_latents: L, the number of latent dimensions.
-        num_values: values per latent: an int for all, or a list of L ints (ragged codebooks).
+        num_latents: L, the number of latent dimensions (optional when ``levels`` is a list).
+        num_values: values per latent: an int for all, or a list of L ints (ragged codebooks). Default 10.
         optimize_values: learn the values (through the quantization loss only); else fixed.
-        quantization_weight: qw, weight of ``mean((sg(z) - z_q)^2)``.
-        commitment_weight: cw, weight of ``mean((z - sg(z_q))^2)``.
-        channel_first: input is (B, L, *spatial) instead of (..., L).
+        quantization_weight: qw, weight of ``mean((sg(z) - z_q)^2)``. Default 0.01 (the paper's).
+        commitment_weight: cw, weight of ``mean((z - sg(z_q))^2)``. Default 0.01.
+        channel_first: None (auto: 4+ dims are (B, C, ...) images/videos), True or False.
         check_finite: raise ``ValueError`` on NaN/Inf latents.
+        levels: vector-quantize-pytorch's name for ``num_values`` (a list, or an int with ``num_latents``).
+        dim: input/output feature size; learned ``Linear(dim, L)`` / ``Linear(L, dim)`` projections when it differs
+            from L. Default L (no projection).
+        flat_indices: return one flat mixed-radix code per position instead of per-latent indices. Default: True
+            when built vqp-style with ``levels``, else False.
+        projection_has_bias: the projections have biases.
+        quantization_loss_weight, commitment_loss_weight: vqp's names for the two weights (vqp's defaults are
+            0.1; ours stay the paper's 0.01 unless given).
 
-    Values start at ``linspace(-0.5, 0.5, n)`` per latent. Stored as an (L, max n) parameter; a shorter
-    row's unused tail is ignored (the kernel sees the row padded with its last value, which never wins a tie,
-    and the tail receives no gradient).
+    Values start at ``linspace(-0.5, 0.5, n)`` per latent (vqp starts an even n at ``arange(n) / n - 0.5``).
+    Stored as an (L, max n) parameter; a shorter row's unused tail is ignored (the kernel sees the row padded
+    with its last value, which never wins a tie, and the tail receives no gradient). The per-latent sizes are
+    stored in the state_dict (``num_values_per_latent``) and checked on load: a [5, 5, 8] state does not load
+    into a [8, 5, 5] layer. Unlike vqp's layer, the values are trained (vqp's never get gradient), decoding
+    uses the learned values, and the product codebook is never enumerated.
     """
 
     def __init__(
         self,
-        num_latents: int,
-        num_values: int | Sequence[int] = 10,
+        num_latents: int | None = None,
+        num_values: int | Sequence[int] | None = None,
         optimize_values: bool = True,
-        quantization_weight: float = 0.01,
-        commitment_weight: float = 0.01,
-        channel_first: bool = False,
+        quantization_weight: float | None = None,
+        commitment_weight: float | None = None,
+        channel_first: bool | None = None,
         check_finite: bool = True,
+        *,
+        levels: int | Sequence[int] | None = None,
+        dim: int | None = None,
+        flat_indices: bool | None = None,
+        projection_has_bias: bool = True,
+        quantization_loss_weight: float | None = None,
+        commitment_loss_weight: float | None = None,
     ) -> None:
-        super().__init__(num_latents, quantization_weight, commitment_weight, channel_first, check_finite)
-        sizes = [num_values] * num_latents if isinstance(num_values, int) else [int(n) for n in num_values]
+        if levels is not None and num_values is not None:
+            raise ValueError("LatentQuantizer: pass num_values or levels (its vqp name), not both")
+        vqp_style = levels is not None
+        num_values = levels if vqp_style else (10 if num_values is None else num_values)
+        if num_latents is None:
+            if isinstance(num_values, int):
+                raise ValueError(
+                    f"LatentQuantizer: num_latents is needed when the number of values is one int ({num_values}); "
+                    "pass num_latents, or levels as a list with one entry per latent"
+                )
+            num_latents = len(num_values)
+        weights = []
+        for name, ours, vqp in (
+            ("quantization_weight", quantization_weight, quantization_loss_weight),
+            ("commitment_weight", commitment_weight, commitment_loss_weight),
+        ):
+            if ours is not None and vqp is not None:
+                raise ValueError(f"LatentQuantizer: pass {name} or its vqp name, not both")
+            weights.append(0.01 if ours is None and vqp is None else (ours if vqp is None else vqp))
+        super().__init__(
+            num_latents,
+            weights[0],
+            weights[1],
+            channel_first,
+            check_finite,
+            dim=dim,
+            flat_indices=vqp_style if flat_indices is None else flat_indices,
+            projection_has_bias=projection_has_bias,
+        )
+        name = "levels" if vqp_style else "num_values"
+        if isinstance(num_values, int):
+            sizes = check_levels("LatentQuantizer", [num_values] * num_latents, name)
+        else:
+            sizes = check_levels("LatentQuantizer", num_values, name)
         if len(sizes) != num_latents:
-            raise ValueError(
-                f"LatentQuantizer: num_values has {len(sizes)} entries for {num_latents} latents"
-            )
-        if any(n < 1 for n in sizes):
-            raise ValueError(
-                f"LatentQuantizer: every latent needs at least one value, got num_values={sizes}"
-            )
+            raise ValueError(f"LatentQuantizer: {name} has {len(sizes)} entries for {num_latents} latents")
         self.num_values = sizes
+        self._init_radix()
         width = max(sizes)
         init = torch.stack(
             [torch.cat([_initial_values(n), _initial_values(n)[-1:].expand(width - n)]) for n in sizes]
@@ -220,7 +340,7 @@ class LatentQuantizer(_ScalarCodebookQuantizer):
         # pad_index[d, k] = min(k, n_d - 1): gathers each row padded with its last value.
         pad = torch.minimum(torch.arange(width).expand(num_latents, width), torch.tensor(sizes)[:, None] - 1)
         self.register_buffer("_pad_index", pad if ragged else None, persistent=False)
-        self.register_buffer("_num_values", torch.tensor(sizes), persistent=False)
+        self.register_buffer("num_values_per_latent", torch.tensor(sizes))
 
     def codebook(self) -> torch.Tensor:
         if self._pad_index is None:
@@ -230,14 +350,31 @@ class LatentQuantizer(_ScalarCodebookQuantizer):
     def _sort_keys(self, codebook: torch.Tensor) -> torch.Tensor:
         if self._pad_index is None:
             return codebook
-        valid = torch.arange(codebook.shape[1], device=codebook.device) < self._num_values[:, None]
+        valid = torch.arange(codebook.shape[1], device=codebook.device) < self.num_values_per_latent[:, None]
         return codebook.masked_fill(~valid, float("inf"))
+
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ):
+        key = prefix + "num_values_per_latent"
+        if key not in state_dict:
+            # a state saved before the sizes were stored: the values' shape is all torch can check
+            state_dict[key] = self.num_values_per_latent.clone()
+        elif state_dict[key].tolist() != self.num_values:
+            error_msgs.append(
+                f"LatentQuantizer: the state has num_values={state_dict[key].tolist()} but this layer was built with "
+                f"num_values={self.num_values}; build the layer with the saved sizes"
+            )
+            return
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
 
 
 class GlobalLatentQuantizer(_ScalarCodebookQuantizer):
     """One scalar codebook shared by all latents (the paper's "global codebook" ablation).
 
-    Args: as :class:`LatentQuantizer`, with ``num_values`` an int.
+    Args: as :class:`LatentQuantizer`, with ``num_values`` an int (and no vqp aliases).
     """
 
     def __init__(
@@ -247,13 +384,27 @@ class GlobalLatentQuantizer(_ScalarCodebookQuantizer):
         optimize_values: bool = True,
         quantization_weight: float = 0.01,
         commitment_weight: float = 0.01,
-        channel_first: bool = False,
+        channel_first: bool | None = None,
         check_finite: bool = True,
+        *,
+        dim: int | None = None,
+        flat_indices: bool = False,
+        projection_has_bias: bool = True,
     ) -> None:
-        super().__init__(num_latents, quantization_weight, commitment_weight, channel_first, check_finite)
+        super().__init__(
+            num_latents,
+            quantization_weight,
+            commitment_weight,
+            channel_first,
+            check_finite,
+            dim=dim,
+            flat_indices=flat_indices,
+            projection_has_bias=projection_has_bias,
+        )
         if not isinstance(num_values, int) or num_values < 1:
             raise ValueError(f"GlobalLatentQuantizer: num_values must be a positive int, got {num_values!r}")
         self.num_values = [num_values] * num_latents
+        self._init_radix()
         self.values = nn.Parameter(_initial_values(num_values), requires_grad=optimize_values)
 
     def codebook(self) -> torch.Tensor:

@@ -9,11 +9,12 @@ moving-average usage falls below ``dead_code_threshold`` with vectors from the c
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 from torch import nn
 
-from latentquant.nn._layout import from_channel_last, to_channel_last
+from latentquant.nn._layout import from_channel_last, is_channel_first, to_channel_last
 from latentquant.ops import vector_quantize
 
 
@@ -26,10 +27,11 @@ class VectorQuantizer(nn.Module):
         quantization_weight: qw, weight of ``mean((z_q - sg(z))^2)`` (moves the codes; unused with ``ema``).
         commitment_weight: cw, weight of ``mean((z - sg(z_q))^2)`` (moves the encoder).
         ema: learn codes by exponential moving averages instead of gradients.
-        decay: EMA decay in (0, 1).
-        eps: Laplace smoothing of the EMA cluster sizes.
+        decay: EMA decay in (0, 1), default 0.99: of the codes with ``ema``, and of the usage counts that
+            dead-code restarts read. Given with neither ``ema`` nor ``dead_code_threshold`` it does nothing: warns.
+        eps: Laplace smoothing of the EMA cluster sizes, > 0.
         dead_code_threshold: restart codes whose EMA usage (assignments per batch) falls below this; 0 disables.
-        channel_first: input is (B, C, *spatial) instead of (..., C).
+        channel_first: None (auto: 4+ dims are (B, C, ...) images/videos, as vqp), True or False.
         check_finite: raise ``ValueError`` on NaN/Inf input.
 
     Call: ``z_hat, indices, aux_loss = layer(z)`` with z (..., C) -> z_hat (..., C), indices (...) int64.
@@ -42,10 +44,10 @@ class VectorQuantizer(nn.Module):
         quantization_weight: float = 1.0,
         commitment_weight: float = 0.25,
         ema: bool = False,
-        decay: float = 0.99,
+        decay: float | None = None,
         eps: float = 1e-5,
         dead_code_threshold: float = 0.0,
-        channel_first: bool = False,
+        channel_first: bool | None = None,
         check_finite: bool = True,
     ) -> None:
         super().__init__()
@@ -53,8 +55,17 @@ class VectorQuantizer(nn.Module):
             raise ValueError(
                 f"VectorQuantizer: dim and codebook_size must be >= 1, got {dim} and {codebook_size}"
             )
+        if decay is not None and not ema and not dead_code_threshold > 0:
+            warnings.warn(
+                f"VectorQuantizer: decay={decay} has no effect without ema=True or dead_code_threshold > 0; "
+                "the codebook learns by gradient",
+                stacklevel=2,
+            )
+        decay = 0.99 if decay is None else decay
         if not 0.0 < decay < 1.0:
             raise ValueError(f"VectorQuantizer: decay must be in (0, 1), got {decay}")
+        if not eps > 0:
+            raise ValueError(f"VectorQuantizer: eps (the EMA smoothing) must be > 0, got {eps}")
         if quantization_weight < 0 or commitment_weight < 0 or dead_code_threshold < 0:
             raise ValueError(
                 "VectorQuantizer: quantization_weight, commitment_weight and dead_code_threshold must be >= 0, got "
@@ -82,7 +93,18 @@ class VectorQuantizer(nn.Module):
         return [self.codebook] if self.codebook.requires_grad else []
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        zl = to_channel_last(z, self.channel_first)
+        """Quantize to the nearest code.
+
+        Args:
+            z: (..., C) channel last, or (B, C, *spatial) channel first (auto for 4+ dims).
+
+        Returns:
+            z_hat: z's shape and dtype (with ``ema`` too), the straight-through gradient to z.
+            indices: int64, z's shape without the channel dim.
+            aux_loss: () ``cw * mean((z - sg(z_q))^2)`` (+ ``qw * mean((z_q - sg(z))^2)`` without ``ema``).
+        """
+        cf = is_channel_first(z.dim(), self.channel_first)
+        zl = to_channel_last(z, cf)
         if zl.shape[-1] != self.dim:
             raise ValueError(
                 f"VectorQuantizer: expected vectors of size {self.dim}, got input of shape {tuple(z.shape)}"
@@ -90,8 +112,8 @@ class VectorQuantizer(nn.Module):
         z_q, indices = vector_quantize(zl, self.codebook, check_finite=self.check_finite)
         if self.training and zl.numel():
             self._update(zl.detach().reshape(-1, self.dim), indices.reshape(-1))
-            if self.ema:  # the codes moved: re-read the assignment's values
-                z_q = self.codebook[indices]
+            if self.ema:  # the codes moved: re-read the assignment's values, in the kernel's output dtype
+                z_q = self.codebook[indices].to(z_q.dtype)
         if zl.numel() == 0:
             aux_loss = zl.sum() * 0.0
         else:
@@ -101,7 +123,7 @@ class VectorQuantizer(nn.Module):
                 aux_loss = aux_loss + self.quantization_weight * ((zqf - zf.detach()) ** 2).mean()
         z_hat = z_q.detach() + (zl - zl.detach())  # exactly z_q in every dtype; d z_hat / d z = I
         # indices have no channel dim: (...) for channel-last input, (B, *spatial) for channel-first.
-        return from_channel_last(z_hat, self.channel_first), indices, aux_loss
+        return from_channel_last(z_hat, cf), indices, aux_loss
 
     @torch.no_grad()
     def _update(self, flat: torch.Tensor, indices: torch.Tensor) -> None:
@@ -127,7 +149,8 @@ class VectorQuantizer(nn.Module):
                     self.ema_embed_sum[dead] = self.codebook[dead]
 
     def indices_to_values(self, indices: torch.Tensor) -> torch.Tensor:
-        """Decode code indices (...) to vectors (..., C) (channel-first (B, C, *spatial) with ``channel_first``)."""
+        """Decode code indices (...) to vectors (..., C); channel first (B, C, *spatial) for indices of 3+ dims
+        (what an image gives, vqp's rule) with ``channel_first=None``, or always with ``True``."""
         if indices.is_floating_point():
             raise ValueError(
                 f"VectorQuantizer.indices_to_values: indices must be integers, got {indices.dtype}"
@@ -136,7 +159,8 @@ class VectorQuantizer(nn.Module):
             raise ValueError(
                 f"VectorQuantizer.indices_to_values: indices must be in [0, {self.codebook_size})"
             )
-        return from_channel_last(self.codebook[indices.long()], self.channel_first and indices.dim() >= 1)
+        cf = indices.dim() >= 3 if self.channel_first is None else self.channel_first and indices.dim() >= 1
+        return from_channel_last(self.codebook[indices.long()], cf)
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, codebook_size={self.codebook_size}, ema={self.ema}"
