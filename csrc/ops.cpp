@@ -34,4 +34,8 @@ TORCH_LIBRARY(latentquant, m) {
   // gradient: x1t (F1, N) feature-major (last row ones), weights (T, C, F1), labels (T, N) int64,
   // sample_weight (T, N) -> loss (T,), grad (T, C, F1).
   m.def("logistic_loss_grad(Tensor x1t, Tensor weights, Tensor labels, Tensor sample_weight) -> (Tensor, Tensor)");
+  // The same on one-hot features given as codes (G, N) int64 in [0, F1 - 1): x1t[f, n] = #{g : codes[g, n] = f}.
+  m.def(
+      "logistic_onehot_loss_grad(Tensor codes, Tensor weights, Tensor labels, Tensor sample_weight) -> (Tensor, "
+      "Tensor)");
 }

@@ -1,6 +1,7 @@
-"""latentquant::logistic_loss_grad (csrc/cpu/logistic.cpp) against its oracle: values on many shapes, padded
-classes, the -80 floor, its polynomial exp and log, finite differences, thread-count and instruction-set
-independence, registration, and the errors users see."""
+"""latentquant::logistic_loss_grad and logistic_onehot_loss_grad (csrc/cpu/logistic.cpp) against their oracles
+(and the one-hot op against the dense one): values on many shapes, padded classes, the -80 floor, the
+polynomial exp and log, finite differences / gradcheck, thread-count and instruction-set independence,
+registration, and the errors users see."""
 
 from __future__ import annotations
 
@@ -12,8 +13,13 @@ from kernel_utils import poisoned_allocations
 
 from latentquant.metrics.logistic import _two_loop
 from latentquant.ops import _registry
-from latentquant.ops.logistic import _check_ref_inputs, logistic_loss_grad
-from latentquant.reference.logistic import logistic_loss_grad_ref
+from latentquant.ops.logistic import (
+    _check_onehot_ref_inputs,
+    _check_ref_inputs,
+    logistic_loss_grad,
+    logistic_onehot_loss_grad,
+)
+from latentquant.reference.logistic import logistic_loss_grad_ref, logistic_onehot_loss_grad_ref
 
 HAVE_KERNEL = _registry.has_kernel("logistic_loss_grad", "CPU")
 needs_kernel = pytest.mark.skipif(not HAVE_KERNEL, reason="latentquant._C not built")
@@ -386,3 +392,222 @@ def test_fit_is_the_same_on_the_oracle_path(monkeypatch):
     torch.testing.assert_close(kernel.cross_entropy, oracle.cross_entropy, rtol=0, atol=1e-9)
     torch.testing.assert_close(kernel.weights, oracle.weights, rtol=1e-5, atol=1e-5)
     assert (kernel.n_iter - oracle.n_iter).abs().max() <= 1
+
+
+# ---- latentquant::logistic_onehot_loss_grad: one-hot features given as codes ----
+
+# (T, C, G, values per latent, N): no latents, one class, widths around the 8- and 4-lane vectors (C = 8, 9,
+# 17, 40), N around the block and chunk sizes.
+ONEHOT_SHAPES = [
+    (1, 2, 2, 3, 0),
+    (1, 1, 0, 1, 5),
+    (2, 3, 1, 4, 1),
+    (3, 8, 2, 5, 255),
+    (1, 9, 3, 7, 257),
+    (4, 10, 12, 10, 2049),
+    (1, 17, 3, 7, 1031),
+    (2, 40, 5, 9, 777),
+    (3, 15, 6, 3, 5001),
+]
+
+
+def make_onehot_problem(t, c, groups, values, n, dtype, seed, pad=0, scale=0.3):
+    """codes (G, N) offset into G disjoint ranges of ``values`` columns; weights (T, C, G * values + 1) with
+    the first target's last ``pad`` classes padding (intercept -1e30, never a label); labels; weights."""
+    g = torch.Generator().manual_seed(seed)
+    codes = torch.randint(0, values, (groups, n), generator=g) + values * torch.arange(groups)[:, None]
+    weights = scale * torch.randn(t, c, groups * values + 1, generator=g, dtype=torch.float64)
+    labels = torch.randint(0, c, (t, n), generator=g)
+    if pad and t:
+        weights[0, c - pad :] = 0.0
+        weights[0, c - pad :, -1] = -1e30
+        labels[0] = torch.randint(0, c - pad, (n,), generator=g)
+    sample_weight = torch.rand(t, n, generator=g, dtype=torch.float64) + 0.1
+    sample_weight = sample_weight / sample_weight.sum(dim=1, keepdim=True).clamp_min(1e-300)
+    return codes, weights.to(dtype), labels, sample_weight.to(dtype)
+
+
+def dense_features(codes: torch.Tensor, f1: int, dtype: torch.dtype) -> torch.Tensor:
+    """x1t (F1, N): the one-hot counts of the codes and a last row of ones, built independently of the op."""
+    x1t = torch.zeros(f1, codes.shape[1], dtype=dtype)
+    for row in codes:
+        x1t[row, torch.arange(codes.shape[1])] += 1
+    x1t[-1] = 1
+    return x1t
+
+
+@needs_kernel
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(
+    "shape", ONEHOT_SHAPES, ids=[f"T{t}-C{c}-G{g}-V{v}-N{n}" for t, c, g, v, n in ONEHOT_SHAPES]
+)
+def test_onehot_matches_reference_and_dense(shape, dtype, path):
+    t, c, groups, values, n = shape
+    codes, weights, labels, sw = make_onehot_problem(
+        t, c, groups, values, n, dtype, seed=sum(shape), pad=min(2, c - 1)
+    )
+    with poisoned_allocations():
+        loss, grad = logistic_onehot_loss_grad(codes, weights, labels, sw)
+    assert loss.shape == (t,) and grad.shape == weights.shape
+    assert loss.dtype == dtype and grad.dtype == dtype
+    want = logistic_onehot_loss_grad_ref(codes, weights, labels, sw)
+    x1t = dense_features(codes, weights.shape[2], dtype)
+    dense = logistic_loss_grad_ref(x1t, weights, labels, sw)
+    truth = logistic_loss_grad_ref(x1t.double(), weights.double(), labels, sw.double())
+    scales = _scales(x1t, weights, sw)
+    # The per-sample logits are sums of G + 1 terms (the dense op: F1 terms, most of them 0): the same few
+    # eps as the dense op against its oracle (test_matches_reference), bound 8 eps.
+    for want_loss, want_grad in (want, dense, (truth[0].to(dtype), truth[1].to(dtype))):
+        assert_close_to(loss, grad, want_loss, want_grad, scales, ulps=8)
+
+
+@needs_kernel
+def test_onehot_equals_dense_kernel_in_float64():
+    """Both kernels on the same problem (dense features expanded from the codes): the same numbers."""
+    codes, weights, labels, sw = make_onehot_problem(3, 10, 12, 10, 3000, torch.float64, seed=3, pad=2)
+    got = logistic_onehot_loss_grad(codes, weights, labels, sw)
+    dense = logistic_loss_grad(dense_features(codes, weights.shape[2], torch.float64), weights, labels, sw)
+    torch.testing.assert_close(got[0], dense[0], rtol=1e-13, atol=0)
+    torch.testing.assert_close(got[1], dense[1], rtol=0, atol=1e-15)
+
+
+@needs_kernel
+def test_onehot_padded_lanes_never_count():
+    """Real logits far below 0 (the padded lanes of the class vectors hold 0, 100s above them): their exp
+    would overflow; they must contribute exactly nothing, as in the oracle."""
+    codes, weights, labels, sw = make_onehot_problem(2, 3, 2, 4, 600, torch.float32, seed=4)
+    weights[:, :, -1] -= 300.0
+    got = logistic_onehot_loss_grad(codes, weights, labels, sw)
+    want = logistic_onehot_loss_grad_ref(codes, weights, labels, sw)
+    assert torch.isfinite(got[0]).all() and torch.isfinite(got[1]).all()
+    torch.testing.assert_close(got[0], want[0], rtol=1e-6, atol=0)
+    torch.testing.assert_close(got[1], want[1], rtol=0, atol=1e-6)
+
+
+@needs_kernel
+def test_onehot_gradcheck():
+    """The returned gradient is the derivative of the returned loss (torch.autograd.gradcheck, float64)."""
+    codes, weights, labels, sw = make_onehot_problem(2, 4, 3, 3, 300, torch.float64, seed=5, scale=1.0)
+
+    class Loss(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, w):
+            loss, grad = logistic_onehot_loss_grad(codes, w, labels, sw)
+            ctx.save_for_backward(grad)
+            return loss
+
+        @staticmethod
+        def backward(ctx, upstream):
+            (grad,) = ctx.saved_tensors
+            return upstream[:, None, None] * grad
+
+    assert torch.autograd.gradcheck(Loss.apply, (weights.clone().requires_grad_(),), eps=1e-6, atol=1e-8)
+
+
+@needs_kernel
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_onehot_result_does_not_depend_on_thread_count(dtype):
+    codes, weights, labels, sw = make_onehot_problem(3, 10, 6, 8, 20011, dtype, seed=6, pad=2)  # 10 chunks
+    threads = torch.get_num_threads()
+    try:
+        results = []
+        for count in (1, 2):
+            torch.set_num_threads(count)
+            results.append(logistic_onehot_loss_grad(codes, weights, labels, sw))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(results[0][0], results[1][0])
+    assert torch.equal(results[0][1], results[1][1])
+
+
+@needs_kernel
+def test_onehot_non_finite_logits_give_non_finite_loss():
+    codes, weights, labels, sw = make_onehot_problem(3, 4, 2, 3, 600, torch.float32, seed=7)
+    weights[0, 1, 0] = float("nan")
+    weights[1, 2, -1] = float("inf")
+    loss, _ = logistic_onehot_loss_grad(codes, weights, labels, sw)
+    assert torch.isnan(loss[:2]).all() and torch.isfinite(loss[2])
+
+
+@needs_kernel
+def test_onehot_non_contiguous_inputs():
+    codes, weights, labels, sw = make_onehot_problem(2, 5, 3, 4, 700, torch.float64, seed=8)
+    got = logistic_onehot_loss_grad(
+        codes.T.contiguous().T,
+        weights.transpose(1, 2).contiguous().transpose(1, 2),
+        labels.T.contiguous().T,
+        sw.T.contiguous().T,
+    )
+    want = logistic_onehot_loss_grad(codes, weights, labels, sw)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
+@needs_kernel
+def test_onehot_opcheck():
+    for dtype in (torch.float32, torch.float64):
+        args = make_onehot_problem(2, 3, 2, 4, 300, dtype, seed=9)
+        torch.library.opcheck(torch.ops.latentquant.logistic_onehot_loss_grad.default, args)
+
+
+@needs_kernel
+def test_onehot_torch_compile_fullgraph():
+    codes, weights, labels, sw = make_onehot_problem(2, 3, 2, 4, 300, torch.float32, seed=10)
+
+    def f(codes, weights, labels, sw):
+        loss, grad = logistic_onehot_loss_grad(codes, weights, labels, sw)
+        return loss * 2, grad.sum(dim=2)
+
+    compiled = torch.compile(f, fullgraph=True)
+    got, want = compiled(codes, weights, labels, sw), f(codes, weights, labels, sw)
+    assert torch.equal(got[0], want[0])
+    torch.testing.assert_close(got[1], want[1])
+
+
+def _bad_onehot_inputs():
+    codes, weights, labels, sw = make_onehot_problem(2, 3, 2, 2, 10, torch.float32, seed=0)
+    return [
+        ((codes[0], weights, labels, sw), r"codes must have 2 dimensions, got shape \[10\]"),
+        ((codes, weights[0], labels, sw), r"weights must have 3 dimensions"),
+        ((codes, weights, labels[0], sw), r"labels must have 2 dimensions"),
+        ((codes, weights, labels, sw[None]), r"sample_weight must have 2 dimensions"),
+        ((codes.int(), weights, labels, sw), r"codes must be int64, got (Int|torch.int32)"),
+        (
+            (codes, weights.half(), labels, sw),
+            r"weights must be float32 or float64, got (Half|torch.float16)",
+        ),
+        ((codes, weights, labels, sw.double()), r"sample_weight must have weights' dtype"),
+        ((codes, weights, labels.int(), sw), r"labels must be int64"),
+        ((codes, weights[:, :, :0], labels, sw), r"weights must have shape \(T, C, F1\) with F1 >= 1"),
+        ((codes, weights[:, :0], labels, sw), r"weights needs at least one class"),
+        ((codes, weights, labels[:1], sw), r"labels must have shape \(T, N\) = \(2, 10\)"),
+        ((codes, weights, labels, sw[:, :9]), r"sample_weight must have shape \(T, N\) = \(2, 10\)"),
+    ]
+
+
+@needs_kernel
+@pytest.mark.parametrize("case", range(len(_bad_onehot_inputs())))
+def test_onehot_bad_input_messages(case):
+    args, message = _bad_onehot_inputs()[case]
+    with pytest.raises(ValueError, match="logistic_onehot_loss_grad: " + message):
+        logistic_onehot_loss_grad(*args)
+    with pytest.raises(ValueError, match="logistic_onehot_loss_grad: " + message):
+        _check_onehot_ref_inputs(*args)
+
+
+@needs_kernel
+@pytest.mark.parametrize("bad", [4, -1, 2**32 + 1])
+def test_onehot_code_out_of_range(bad):
+    codes, weights, labels, sw = make_onehot_problem(2, 3, 2, 2, 600, torch.float32, seed=1)  # F = 4
+    codes[1, 517] = bad
+    with pytest.raises(ValueError, match=r"logistic_onehot_loss_grad: codes must lie in \[0, F\) = \[0, 4\)"):
+        logistic_onehot_loss_grad(codes, weights, labels, sw)
+
+
+@needs_kernel
+def test_onehot_label_out_of_range():
+    codes, weights, labels, sw = make_onehot_problem(2, 3, 2, 2, 600, torch.float32, seed=2)
+    labels[0, 300] = 3
+    with pytest.raises(
+        ValueError, match=r"logistic_onehot_loss_grad: labels must lie in \[0, C\) = \[0, 3\)"
+    ):
+        logistic_onehot_loss_grad(codes, weights, labels, sw)

@@ -42,6 +42,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <vector>
 
 #include <torch/library.h>
@@ -564,8 +565,354 @@ std::tuple<at::Tensor, at::Tensor> logistic_loss_grad_cpu(const at::Tensor& x1t_
   return {loss, grad};
 }
 
+// ---- logistic_onehot_loss_grad: the same loss and gradient on one-hot features given as codes ----
+//
+// Features x1t[f, n] = #{g : codes[g, n] = f} for f < F, and x1t[F, n] = 1 (the intercept, F = F1 - 1): the
+// one-hot encoding of G discrete latents whose codes are already offset into disjoint column ranges. Then
+//   z[t, :, n]       = weights[t, :, F] + sum_g weights[t, :, codes[g, n]]         (a sum of G gathered columns)
+//   grad[t, :, f]   += residual[t, :, n] for every g with codes[g, n] = f, and for f = F (a scatter-add)
+// so one evaluation costs O(T N G C) instead of the dense op's O(T N F1 C).
+//
+// Layout: sample-major, vectorized over classes. The weights are transposed per target to wt (F1, Cp), Cp
+// = C rounded up to whole vectors (padded lanes: 0, masked to probability 0), so a gathered column is Cp
+// contiguous values and the gradient row of a code is Cp contiguous accumulators. Per block of kBlock
+// samples and per target: (1) logits of each sample (register tiles of up to 4 vectors, G gathered rows
+// each), its top logit (horizontal max), exp (masked) in place and their total; (2) the loss terms and
+// w / total over whole vectors of samples (the polynomial log of the dense op); (3) the residual in place,
+// scattered into the gradient rows in double. Same floor (kLogFloor) and NaN semantics as the dense op.
+//
+// Determinism: as the dense op, chunks of kBlocksPerChunk blocks (a partition that depends only on N) own
+// their partial buffers (loss (T) then gradient (T, F1, Cp), double), added in chunk order; within a chunk
+// the samples are visited in order. Results do not depend on the number of threads.
+
+constexpr const char* kOpOneHot = "logistic_onehot_loss_grad";
+
+template <typename T>
+struct OneHotProblem {
+  const int64_t* codes;    // (G, N)
+  const T* wt;             // (T, F1, Cp) transposed weights, padded lanes 0
+  const T* mask;           // (Cp,) 1 on real classes, 0 on padded lanes
+  const int64_t* labels;   // (T, N)
+  const T* sample_weight;  // (T, N)
+  int64_t n, groups, f1, targets, classes, cp;
+};
+
+// Largest lane of a vector, by halving (a fixed order).
+template <typename T, int VB>
+LQ_INLINE T hmax(const typename Lanes<T, VB>::type& v) {
+  if constexpr (VB == static_cast<int>(sizeof(T))) {
+    return v[0];
+  } else {
+    using H = typename Lanes<T, VB / 2>::type;
+    H lo, hi;
+    __builtin_memcpy(&lo, &v, sizeof(H));
+    __builtin_memcpy(&hi, reinterpret_cast<const char*>(&v) + sizeof(H), sizeof(H));
+    return hmax<T, VB / 2>(lo > hi ? lo : hi);
+  }
+}
+
+// R vectors (lanes v0 * W ..) of one sample's logits: the intercept row plus the G gathered rows (row
+// offsets off[g], already multiplied by Cp).
+template <int R, typename T, int VB>
+LQ_INLINE void onehot_logit_tile(const T* wt, const int64_t* off, int64_t groups, const T* intercept, T* out) {
+  using V = typename Vec<T, VB>::type;
+  constexpr int64_t W = Vec<T, VB>::kWidth;
+  V acc[R];
+  for (int r = 0; r < R; ++r) acc[r] = load<V>(intercept + r * W);
+  for (int64_t g = 0; g < groups; ++g) {
+    const T* row = wt + off[g];
+    for (int r = 0; r < R; ++r) acc[r] += load<V>(row + r * W);
+  }
+  for (int r = 0; r < R; ++r) store(out + r * W, acc[r]);
+}
+
+// grad_row[0 .. Cp) += res[0 .. Cp) in double (float vectors converted in halves).
+template <typename T, int VB>
+LQ_INLINE void add_row_wide(double* grad_row, const T* res, int64_t vectors) {
+  using V = typename Vec<T, VB>::type;
+  using DV = typename Vec<T, VB>::wide;
+  constexpr int64_t W = Vec<T, VB>::kWidth;
+  constexpr int64_t DW = VB / 8;
+  for (int64_t v = 0; v < vectors; ++v) {
+    const V r = load<V>(res + v * W);
+    if constexpr (sizeof(T) == sizeof(double)) {
+      store(grad_row + v * W, load<DV>(grad_row + v * W) + r);
+    } else {
+      using H = typename Vec<T, VB>::half;
+      H lo, hi;
+      __builtin_memcpy(&lo, &r, sizeof(H));
+      __builtin_memcpy(&hi, reinterpret_cast<const char*>(&r) + sizeof(H), sizeof(H));
+      double* d = grad_row + v * W;
+      store(d, load<DV>(d) + __builtin_convertvector(lo, DV));
+      store(d + DW, load<DV>(d + DW) + __builtin_convertvector(hi, DV));
+    }
+  }
+}
+
+// Scratch of one chunk: row offsets of the block's codes (kBlock x G), logits / exp / residuals (kBlock x
+// Cp), and per-sample top logit, label logit, total, weight and label.
+template <typename T>
+struct OneHotScratch {
+  std::vector<int64_t> off;
+  std::vector<T> z, top, picked, total, w;
+  std::vector<int64_t> label;
+  OneHotScratch(int64_t groups, int64_t cp)
+      : off(std::max<int64_t>(groups, 1) * kBlock),
+        z(cp * kBlock),
+        top(kBlock),
+        picked(kBlock),
+        total(kBlock),
+        w(kBlock),
+        label(kBlock) {}
+};
+
+// One target on one block of nb samples (codes already in sc.off): adds its loss to *loss and its gradient
+// to g (F1, Cp), both in double. Returns false if a label lies outside [0, C).
+template <typename T, int VB>
+LQ_INLINE bool onehot_block_target(const OneHotProblem<T>& p, int64_t t, int64_t s0, int64_t nb,
+                                   OneHotScratch<T>& sc, double* loss, double* g) {
+  using V = typename Vec<T, VB>::type;
+  using DV = typename Vec<T, VB>::wide;
+  constexpr int64_t W = Vec<T, VB>::kWidth;
+  const int64_t cp = p.cp, vectors = cp / W, groups = p.groups;
+  const T* wt = p.wt + t * p.f1 * cp;
+  const T* intercept = wt + (p.f1 - 1) * cp;
+  const int64_t* lab = p.labels + t * p.n + s0;
+  const T* sw = p.sample_weight + t * p.n + s0;
+  T* z = sc.z.data();
+
+  uint64_t out_of_range = 0;
+  for (int64_t j = 0; j < nb; ++j) {
+    const bool ok = static_cast<uint64_t>(lab[j]) < static_cast<uint64_t>(p.classes);
+    out_of_range |= static_cast<uint64_t>(!ok);
+    sc.label[j] = ok ? lab[j] : 0;
+    sc.w[j] = sw[j];
+  }
+  for (int64_t j = nb; j < kBlock; ++j) {  // padding: weight 0, top 0, total 1 -> a loss term of 0
+    sc.w[j] = T(0);
+    sc.top[j] = T(0);
+    sc.picked[j] = T(0);
+    sc.total[j] = T(1);
+  }
+
+  // (1) logits, top, exp and total per sample
+  for (int64_t j = 0; j < nb; ++j) {
+    const int64_t* off = sc.off.data() + j * groups;
+    T* zj = z + j * cp;
+    int64_t v = 0;
+    for (; v + 4 <= vectors; v += 4)
+      onehot_logit_tile<4, T, VB>(wt + v * W, off, groups, intercept + v * W, zj + v * W);
+    switch (vectors - v) {
+      case 3:
+        onehot_logit_tile<3, T, VB>(wt + v * W, off, groups, intercept + v * W, zj + v * W);
+        break;
+      case 2:
+        onehot_logit_tile<2, T, VB>(wt + v * W, off, groups, intercept + v * W, zj + v * W);
+        break;
+      case 1:
+        onehot_logit_tile<1, T, VB>(wt + v * W, off, groups, intercept + v * W, zj + v * W);
+        break;
+      default:
+        break;
+    }
+    // Padded lanes hold 0 logits: a 0 above every real logit would only move the floor, so the top is
+    // taken over lanes masked to -inf there.
+    const V neg_inf = V{} + (-std::numeric_limits<T>::infinity());
+    V m = neg_inf;
+    for (int64_t u = 0; u < vectors; ++u) {
+      const V zu = load<V>(zj + u * W);
+      const V real = load<V>(p.mask + u * W);
+      const V masked = real > T(0) ? zu : neg_inf;
+      m = masked > m ? masked : m;
+    }
+    const T top = hmax<T, VB>(m);
+    sc.top[j] = top;
+    sc.picked[j] = zj[sc.label[j]];
+    V tot = V{};
+    for (int64_t u = 0; u < vectors; ++u) {  // a select, not a product: a padded lane's exp may be +inf
+      const V e_all = exp_floor<T, VB>(load<V>(zj + u * W) - top);
+      const V e = load<V>(p.mask + u * W) > T(0) ? e_all : V{};
+      store(zj + u * W, e);
+      tot += e;
+    }
+    sc.total[j] = hsum<T, VB>(tot);
+  }
+
+  // (2) loss terms and w / total (kept in sc.total) over whole vectors of samples
+  DV loss_lanes = DV{};
+  for (int64_t j = 0; j < kBlock; j += W) {
+    const V total = load<V>(sc.total.data() + j);
+    const V wj = load<V>(sc.w.data() + j);
+    const V term =
+        wj * ((load<V>(sc.top.data() + j) + log_pos<T, VB>(total)) - load<V>(sc.picked.data() + j)) + (total - total);
+    add_wide<T, VB>(loss_lanes, term);
+    store(sc.total.data() + j, wj / total);
+  }
+  double block_loss = 0.0;
+  for (int64_t l = 0; l < VB / 8; ++l) block_loss += loss_lanes[l];
+  *loss += block_loss;
+
+  // (3) residual softmax * w - w [label], scattered into the rows of the sample's codes and the intercept
+  double* g_intercept = g + (p.f1 - 1) * cp;
+  for (int64_t j = 0; j < nb; ++j) {
+    T* zj = z + j * cp;
+    const T q = sc.total[j];
+    for (int64_t u = 0; u < vectors; ++u) store(zj + u * W, load<V>(zj + u * W) * q);
+    zj[sc.label[j]] -= sc.w[j];
+    const int64_t* off = sc.off.data() + j * groups;
+    for (int64_t gi = 0; gi < groups; ++gi) add_row_wide<T, VB>(g + off[gi], zj, vectors);
+    add_row_wide<T, VB>(g_intercept, zj, vectors);
+  }
+  return out_of_range == 0;
+}
+
+// Chunks [r.c0, r.c1): chunk c's loss (T) and gradient (T, F1, Cp) go to its own buffer out + c * out_size;
+// bad[c] is set on a label outside [0, C) (1) or a code outside [0, F) (2).
+template <typename T, int VB>
+LQ_INLINE void onehot_chunk_body(const OneHotProblem<T>& p, const ChunkRange& r) {
+  OneHotScratch<T> sc(p.groups, p.cp);
+  const int64_t grad_size = p.f1 * p.cp, features = p.f1 - 1;
+  for (int64_t c = r.c0; c < r.c1; ++c) {
+    double* out = r.out + c * r.out_size;
+    bool labels_ok = true, codes_ok = true;
+    for (int64_t b = c * r.per_chunk; b < std::min(r.blocks, (c + 1) * r.per_chunk); ++b) {
+      const int64_t s0 = b * kBlock;
+      const int64_t nb = std::min(kBlock, p.n - s0);
+      for (int64_t g = 0; g < p.groups; ++g) {  // codes (G, N) -> row offsets (kBlock, G)
+        const int64_t* src = p.codes + g * p.n + s0;
+        for (int64_t j = 0; j < nb; ++j) {
+          const bool ok = static_cast<uint64_t>(src[j]) < static_cast<uint64_t>(features);
+          codes_ok &= ok;
+          sc.off[j * p.groups + g] = (ok ? src[j] : 0) * p.cp;
+        }
+      }
+      for (int64_t t = 0; t < p.targets; ++t)
+        labels_ok &= onehot_block_target<T, VB>(p, t, s0, nb, sc, out + t, out + p.targets + t * grad_size);
+    }
+    if (!codes_ok) r.bad[c] |= 2;
+    if (!labels_ok) r.bad[c] |= 1;
+  }
+}
+
+template <typename T>
+void onehot_chunk_generic(const OneHotProblem<T>& p, const ChunkRange& r) {
+  onehot_chunk_body<T, 16>(p, r);
+}
+
+#if LQ_HAVE_AVX2_PATH
+template <typename T>
+LQ_TARGET_AVX2 void onehot_chunk_avx2(const OneHotProblem<T>& p, const ChunkRange& r) {
+  onehot_chunk_body<T, 32>(p, r);
+}
+#endif
+
+void check_onehot_inputs(const at::Tensor& codes, const at::Tensor& weights, const at::Tensor& labels,
+                         const at::Tensor& sample_weight) {
+  const char* op = kOpOneHot;
+  check_rank(codes, 2, op, "codes");
+  check_rank(weights, 3, op, "weights");
+  check_rank(labels, 2, op, "labels");
+  check_rank(sample_weight, 2, op, "sample_weight");
+  const auto dtype = weights.scalar_type();
+  TORCH_CHECK_VALUE(dtype == at::kFloat || dtype == at::kDouble, op, ": weights must be float32 or float64, got ",
+                    dtype);
+  TORCH_CHECK_VALUE(sample_weight.scalar_type() == dtype, op, ": sample_weight must have weights' dtype ", dtype,
+                    ", got ", sample_weight.scalar_type());
+  TORCH_CHECK_VALUE(codes.scalar_type() == at::kLong, op, ": codes must be int64, got ", codes.scalar_type());
+  TORCH_CHECK_VALUE(labels.scalar_type() == at::kLong, op, ": labels must be int64, got ", labels.scalar_type());
+  const int64_t n = codes.size(1), targets = weights.size(0);
+  TORCH_CHECK_VALUE(weights.size(2) >= 1, op,
+                    ": weights must have shape (T, C, F1) with F1 >= 1 (the last column is the intercept), got ",
+                    weights.sizes());
+  TORCH_CHECK_VALUE(weights.size(1) >= 1, op, ": weights needs at least one class (shape (T, C, F1), C >= 1), got ",
+                    weights.sizes());
+  TORCH_CHECK_VALUE(labels.size(0) == targets && labels.size(1) == n, op, ": labels must have shape (T, N) = (",
+                    targets, ", ", n, ") from weights and codes, got ", labels.sizes());
+  TORCH_CHECK_VALUE(sample_weight.size(0) == targets && sample_weight.size(1) == n, op,
+                    ": sample_weight must have shape (T, N) = (", targets, ", ", n, ") from weights and codes, got ",
+                    sample_weight.sizes());
+  for (const at::Tensor* t : {&weights, &labels, &sample_weight})
+    TORCH_CHECK_VALUE(t->device() == codes.device(), op, ": all arguments must be on one device, codes is on ",
+                      codes.device(), " but another on ", t->device());
+}
+
+std::tuple<at::Tensor, at::Tensor> logistic_onehot_loss_grad_cpu(const at::Tensor& codes_in,
+                                                                 const at::Tensor& weights_in,
+                                                                 const at::Tensor& labels_in,
+                                                                 const at::Tensor& sample_weight_in) {
+  check_onehot_inputs(codes_in, weights_in, labels_in, sample_weight_in);
+  const auto codes = codes_in.contiguous();
+  const auto labels = labels_in.contiguous();
+  const auto sample_weight = sample_weight_in.contiguous();
+  const int64_t groups = codes.size(0), n = codes.size(1), targets = weights_in.size(0);
+  const int64_t classes = weights_in.size(1), f1 = weights_in.size(2);
+  const auto dtype = weights_in.scalar_type();
+
+  // Lanes per vector of the widest path (AVX2: 32 bytes), so one layout serves both instruction sets.
+  const int64_t lanes = 32 / static_cast<int64_t>(at::elementSize(dtype));
+  const int64_t cp = (classes + lanes - 1) / lanes * lanes;
+  auto wt = at::zeros({targets, f1, cp}, weights_in.options());
+  wt.narrow(2, 0, classes).copy_(weights_in.transpose(1, 2));
+  auto mask = at::zeros({cp}, weights_in.options());
+  mask.narrow(0, 0, classes).fill_(1);
+
+  const int64_t grad_size = f1 * cp;
+  const int64_t out_size = targets * (1 + grad_size);
+  const int64_t blocks = (n + kBlock - 1) / kBlock;
+  int64_t per_chunk = kBlocksPerChunk;  // fewer, longer chunks when the partial buffers would pass ~32 MiB
+  const int64_t max_chunks = std::max<int64_t>(1, (int64_t(1) << 22) / std::max<int64_t>(1, out_size));
+  if ((blocks + per_chunk - 1) / per_chunk > max_chunks) per_chunk = (blocks + max_chunks - 1) / max_chunks;
+  const int64_t chunks = blocks == 0 ? 0 : (blocks + per_chunk - 1) / per_chunk;
+
+  auto partial = at::zeros({std::max<int64_t>(chunks, 1), out_size}, at::TensorOptions().dtype(at::kDouble));
+  double* part = partial.data_ptr<double>();
+  std::vector<char> bad(chunks, 0);
+  AT_DISPATCH_FLOATING_TYPES(dtype, kOpOneHot, [&] {
+    const OneHotProblem<scalar_t> p{codes.data_ptr<int64_t>(),
+                                    wt.data_ptr<scalar_t>(),
+                                    mask.data_ptr<scalar_t>(),
+                                    labels.data_ptr<int64_t>(),
+                                    sample_weight.data_ptr<scalar_t>(),
+                                    n,
+                                    groups,
+                                    f1,
+                                    targets,
+                                    classes,
+                                    cp};
+    auto run = &onehot_chunk_generic<scalar_t>;
+#if LQ_HAVE_AVX2_PATH
+    if (use_avx2()) run = &onehot_chunk_avx2<scalar_t>;
+#endif
+    at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+      run(p, ChunkRange{c0, c1, per_chunk, blocks, out_size, part, bad.data()});
+    });
+  });
+  char flags = 0;
+  for (char b : bad) flags |= b;
+  TORCH_CHECK_VALUE(!(flags & 2), kOpOneHot, ": codes must lie in [0, F) = [0, ", f1 - 1,
+                    "), F = weights.shape[2] - 1 the number of one-hot columns; got a code outside it");
+  TORCH_CHECK_VALUE(!(flags & 1), kOpOneHot, ": labels must lie in [0, C) = [0, ", classes,
+                    "), C = weights.shape[1] the number of classes; got a label outside it");
+
+  for (int64_t c = 1; c < chunks; ++c) {  // fixed order
+    const double* src = part + c * out_size;
+    for (int64_t i = 0; i < out_size; ++i) part[i] += src[i];
+  }
+  auto sums = partial[0];
+  auto loss = sums.slice(0, 0, targets).to(dtype);
+  auto grad = sums.slice(0, targets, out_size)
+                  .view({targets, f1, cp})
+                  .narrow(2, 0, classes)
+                  .transpose(1, 2)
+                  .to(dtype, /*non_blocking=*/false, /*copy=*/true, at::MemoryFormat::Contiguous);
+  return {loss, grad};
+}
+
 }  // namespace
 
-TORCH_LIBRARY_IMPL(latentquant, CPU, m) { m.impl("logistic_loss_grad", &logistic_loss_grad_cpu); }
+TORCH_LIBRARY_IMPL(latentquant, CPU, m) {
+  m.impl("logistic_loss_grad", &logistic_loss_grad_cpu);
+  m.impl("logistic_onehot_loss_grad", &logistic_onehot_loss_grad_cpu);
+}
 
 }  // namespace latentquant

@@ -1,10 +1,13 @@
-"""Registration of ``latentquant::logistic_loss_grad``: fake impl and the wrapper that picks kernel or oracle.
+"""Registration of ``latentquant::logistic_loss_grad`` and ``latentquant::logistic_onehot_loss_grad``: fake
+impls and the wrappers that pick kernel or oracle.
 
-The op evaluates the weighted softmax cross-entropy of a batch of multinomial logistic regressions on
+The ops evaluate the weighted softmax cross-entropy of a batch of multinomial logistic regressions on
 shared features and its gradient, the inner step of the batched L-BFGS of
-:mod:`latentquant.metrics.logistic`. CPU: C++ (csrc/cpu/logistic.cpp), one fused pass over blocks of
-samples. Other devices (CUDA) and builds without the extension: the torch composition of
-``latentquant.reference.logistic``. No autograd: the op returns its own gradient.
+:mod:`latentquant.metrics.logistic`: on dense features (``logistic_loss_grad``) or on one-hot features
+given as integer codes (``logistic_onehot_loss_grad``: gathered weight columns and a scatter-add instead
+of two dense products). CPU: C++ (csrc/cpu/logistic.cpp), one fused pass over blocks of samples. Other
+devices (CUDA) and builds without the extension: the torch compositions of
+``latentquant.reference.logistic``. No autograd: the ops return their own gradient.
 """
 
 from __future__ import annotations
@@ -12,9 +15,10 @@ from __future__ import annotations
 import torch
 
 from latentquant.ops import _registry
-from latentquant.reference.logistic import logistic_loss_grad_ref
+from latentquant.reference.logistic import logistic_loss_grad_ref, logistic_onehot_loss_grad_ref
 
 _OP = "logistic_loss_grad"
+_OP_ONEHOT = "logistic_onehot_loss_grad"
 
 if _registry.HAVE_C:
 
@@ -24,12 +28,47 @@ if _registry.HAVE_C:
             weights, memory_format=torch.contiguous_format
         )
 
+    @torch.library.register_fake("latentquant::logistic_onehot_loss_grad")
+    def _(codes, weights, labels, sample_weight):
+        return weights.new_empty(weights.shape[0]), torch.empty_like(
+            weights, memory_format=torch.contiguous_format
+        )
 
-_registry.PUBLIC_OPS.append(_OP)
+
+_registry.PUBLIC_OPS.extend([_OP, _OP_ONEHOT])
 
 # Dispatch keys with a compiled kernel, looked up once: the wrapper then costs one set lookup per call,
 # and torch.compile traces it without a graph break.
 _KERNEL_KEYS = frozenset(key for key in ("CPU", "CUDA") if _registry.has_kernel(_OP, key))
+_ONEHOT_KERNEL_KEYS = frozenset(key for key in ("CPU", "CUDA") if _registry.has_kernel(_OP_ONEHOT, key))
+
+
+def _dispatch_key(t: torch.Tensor) -> str:
+    return "CUDA" if t.device.type == "cuda" else t.device.type.upper()
+
+
+def _check_targets(
+    op: str, first: str, n: int, weights: torch.Tensor, labels: torch.Tensor, sample_weight: torch.Tensor
+) -> None:
+    """The checks both ops share: weights (T, C, F1) float32/float64, labels and sample_weight (T, N)."""
+    if weights.dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"{op}: weights must be float32 or float64, got {weights.dtype}")
+    if sample_weight.dtype != weights.dtype:
+        raise ValueError(
+            f"{op}: sample_weight must have weights' dtype {weights.dtype}, got {sample_weight.dtype}"
+        )
+    if labels.dtype != torch.int64:
+        raise ValueError(f"{op}: labels must be int64, got {labels.dtype}")
+    if weights.shape[1] < 1:
+        raise ValueError(
+            f"{op}: weights needs at least one class (shape (T, C, F1), C >= 1), got {list(weights.shape)}"
+        )
+    t = weights.shape[0]
+    for name, u in (("labels", labels), ("sample_weight", sample_weight)):
+        if tuple(u.shape) != (t, n):
+            raise ValueError(
+                f"{op}: {name} must have shape (T, N) = ({t}, {n}) from weights and {first}, got {list(u.shape)}"
+            )
 
 
 def _check_ref_inputs(
@@ -46,28 +85,39 @@ def _check_ref_inputs(
     ):
         if t.dim() != rank:
             raise ValueError(f"{op}: {name} must have {rank} dimensions, got shape {list(t.shape)}")
-    if weights.dtype not in (torch.float32, torch.float64):
-        raise ValueError(f"{op}: weights must be float32 or float64, got {weights.dtype}")
-    for name, t in (("x1t", x1t), ("sample_weight", sample_weight)):
-        if t.dtype != weights.dtype:
-            raise ValueError(f"{op}: {name} must have weights' dtype {weights.dtype}, got {t.dtype}")
-    if labels.dtype != torch.int64:
-        raise ValueError(f"{op}: labels must be int64, got {labels.dtype}")
-    f1, n, t = x1t.shape[0], x1t.shape[1], weights.shape[0]
+    if weights.dtype in (torch.float32, torch.float64) and x1t.dtype != weights.dtype:
+        raise ValueError(f"{op}: x1t must have weights' dtype {weights.dtype}, got {x1t.dtype}")
+    _check_targets(op, "x1t", x1t.shape[1], weights, labels, sample_weight)
+    f1 = x1t.shape[0]
     if weights.shape[2] != f1:
         raise ValueError(
             f"{op}: weights must have shape (T, C, F1) with F1 = x1t.shape[0] = {f1}, got weights of shape "
             f"{list(weights.shape)}"
         )
-    if weights.shape[1] < 1:
+
+
+def _check_onehot_ref_inputs(
+    codes: torch.Tensor, weights: torch.Tensor, labels: torch.Tensor, sample_weight: torch.Tensor
+) -> None:
+    """On the oracle path, the shape and dtype errors the one-hot kernel raises (no range checks: that would
+    synchronize a GPU on every call)."""
+    op = _OP_ONEHOT
+    for name, t, rank in (
+        ("codes", codes, 2),
+        ("weights", weights, 3),
+        ("labels", labels, 2),
+        ("sample_weight", sample_weight, 2),
+    ):
+        if t.dim() != rank:
+            raise ValueError(f"{op}: {name} must have {rank} dimensions, got shape {list(t.shape)}")
+    if codes.dtype != torch.int64:
+        raise ValueError(f"{op}: codes must be int64, got {codes.dtype}")
+    if weights.shape[2] < 1:
         raise ValueError(
-            f"{op}: weights needs at least one class (shape (T, C, F1), C >= 1), got {list(weights.shape)}"
+            f"{op}: weights must have shape (T, C, F1) with F1 >= 1 (the last column is the intercept), got "
+            f"{list(weights.shape)}"
         )
-    for name, u in (("labels", labels), ("sample_weight", sample_weight)):
-        if tuple(u.shape) != (t, n):
-            raise ValueError(
-                f"{op}: {name} must have shape (T, N) = ({t}, {n}) from weights and x1t, got {list(u.shape)}"
-            )
+    _check_targets(op, "codes", codes.shape[1], weights, labels, sample_weight)
 
 
 def logistic_loss_grad(
@@ -92,8 +142,38 @@ def logistic_loss_grad(
     Raises:
         ValueError: wrong ranks, dtypes or shapes, or (CPU kernel) a label outside [0, C).
     """
-    key = "CUDA" if x1t.device.type == "cuda" else x1t.device.type.upper()
-    if key in _KERNEL_KEYS:
+    if _dispatch_key(x1t) in _KERNEL_KEYS:
         return torch.ops.latentquant.logistic_loss_grad(x1t, weights, labels, sample_weight)
     _check_ref_inputs(x1t, weights, labels, sample_weight)
     return logistic_loss_grad_ref(x1t, weights, labels, sample_weight)
+
+
+def logistic_onehot_loss_grad(
+    codes: torch.Tensor, weights: torch.Tensor, labels: torch.Tensor, sample_weight: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`logistic_loss_grad` on one-hot features given as integer codes, without forming them.
+
+    The features are ``x1t[f, n] = #{g : codes[g, n] = f}`` (f < F = F1 - 1) plus the intercept row of
+    ones: G discrete latents, latent g's values one-hot in its own range of columns (``codes[g]`` already
+    offset into it). So ``z[t, :, n] = weights[t, :, F] + sum_g weights[t, :, codes[g, n]]`` (G gathered
+    columns instead of an F1-long product) and the gradient of column f sums the residuals of the samples
+    that carry code f (a scatter-add): O(T N G C) per call instead of O(T N F1 C). Same floor, precision and
+    determinism as :func:`logistic_loss_grad` (results do not depend on the thread count).
+
+    Args:
+        codes: (G, N) int64 column indices in [0, F1 - 1).
+        weights: (T, C, F1) float32/float64; the last column is the intercept.
+        labels: (T, N) int64 classes in [0, C).
+        sample_weight: (T, N) in weights' dtype.
+
+    Returns:
+        loss (T,) and grad (T, C, F1), in weights' dtype.
+
+    Raises:
+        ValueError: wrong ranks, dtypes or shapes, or (CPU kernel) a code outside [0, F1 - 1) or a label
+            outside [0, C).
+    """
+    if _dispatch_key(codes) in _ONEHOT_KERNEL_KEYS:
+        return torch.ops.latentquant.logistic_onehot_loss_grad(codes, weights, labels, sample_weight)
+    _check_onehot_ref_inputs(codes, weights, labels, sample_weight)
+    return logistic_onehot_loss_grad_ref(codes, weights, labels, sample_weight)
