@@ -1,11 +1,26 @@
 """Helpers shared by the Triton launchers: argument checks (messages name the op and the argument),
-the compute dtype, the nearest-value search and the NaN/Inf check.
+the compute dtype, the nearest-value search, the device guard and the device-side checks.
 
-Triton scatters (the backward kernels) use atomic adds, so gradients are not bit-deterministic on the
-GPU; loss partial sums are written per program and summed by torch in a fixed order.
+- Launches: every launcher runs its kernels under :func:`device_guard` (the tensor's device is made current,
+  so a tensor on cuda:1 launches on cuda:1 and on that device's current stream) and calls ``kernel[grid]``
+  directly. The launchers serve opaque custom ops (``torch.library`` CUDA kernels), which
+  ``torch.compile`` never traces into, so ``wrap_triton``'s higher-order-op dispatch would only add cost.
+- Checks (NaN/Inf in z and the codebook, indices outside [0, K) in the backward ops) are counted by the
+  kernels into per-program flags and read back once per call (one synchronization) by
+  :func:`raise_if_not_finite` / :func:`raise_if_bad_index`. While the current stream is capturing a CUDA
+  graph (``torch.compile(mode="reduce-overhead")``, ``torch.cuda.graph``) no check is read back: a replay
+  could not raise, and a synchronization is illegal during capture (:func:`checks_enabled`). Out-of-range
+  indices are then skipped (never written out of bounds).
+- Scatters (the backward kernels) add with relaxed atomics, so gradients are not bit-deterministic on the
+  GPU; with ``torch.use_deterministic_algorithms(True)`` the kernels write each element's contribution and
+  bin instead, and ``index_put_(accumulate=True)`` (deterministic in that mode) sums them
+  (:func:`deterministic_scatter`). Loss partial sums are written per program and summed by torch in a
+  fixed order.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 import triton
@@ -61,6 +76,40 @@ def check_scalar_codebook(op: str, z: torch.Tensor, values: torch.Tensor) -> Non
     check_same_device(op, z=z, values=values)
 
 
+def device_guard(t: torch.Tensor) -> contextlib.AbstractContextManager:
+    """Make ``t``'s CUDA device current for the launches inside (a no-op for CPU tensors, which only the
+    interpreter runs)."""
+    return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
+
+
+def capturing(t: torch.Tensor) -> bool:
+    """Whether the current stream of ``t``'s CUDA device is capturing a CUDA graph (False off CUDA)."""
+    if t.device.type != "cuda":
+        return False
+    with torch.cuda.device(t.device):
+        return torch.cuda.is_current_stream_capturing()
+
+
+def checks_enabled(check: bool, t: torch.Tensor) -> bool:
+    """Whether to read the device-side check flags back for an op on ``t``: when asked to, and not while
+    the current stream is capturing a CUDA graph (a synchronization is illegal there, and a replay could
+    not raise)."""
+    return check and not capturing(t)
+
+
+def deterministic() -> bool:
+    """Whether the scatters must be deterministic (``torch.use_deterministic_algorithms(True)``)."""
+    return torch.are_deterministic_algorithms_enabled()
+
+
+def deterministic_scatter(bins: torch.Tensor, bin_index: torch.Tensor, contrib: torch.Tensor) -> torch.Tensor:
+    """bins[bin_index[i]] += contrib[i] for every i, in an order that does not vary between runs.
+
+    Shapes: bins (B,) in the accumulation dtype, bin_index (M,) int64 in [0, B), contrib (M,) in bins' dtype.
+    """
+    return bins.index_put_((bin_index,), contrib, accumulate=True)
+
+
 def raise_if_not_finite(
     op: str, program_flags: torch.Tensor, codebook: torch.Tensor, codebook_name: str
 ) -> None:
@@ -71,6 +120,15 @@ def raise_if_not_finite(
             raise ValueError(f"{op}: {codebook_name} contains NaN or Inf")
         raise ValueError(
             f"{op}: z contains NaN or Inf; fix the input (or pass check_finite=False to skip this check)"
+        )
+
+
+def raise_if_bad_index(op: str, program_flags: torch.Tensor, num_codes: int) -> None:
+    """One sync: the ValueError the CPU and CUDA kernels raise when a program flagged an index outside
+    [0, num_codes). Not read back while capturing a CUDA graph (see :func:`checks_enabled`)."""
+    if checks_enabled(True, program_flags) and bool(program_flags.any()):
+        raise ValueError(
+            f"{op}: indices must lie in [0, {num_codes}), the codebook size; got an index outside it"
         )
 
 

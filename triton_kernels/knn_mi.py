@@ -14,8 +14,10 @@ fused: a fused ``a*a + s`` rounds differently).
   each point among a contiguous candidate range, keeping the k best per row in registers.
 - ``_knn_count_fwd_kernel``: tiled brute force count of points within a radius (a subset of dimensions).
 
-``knn_mi_cd_triton`` / ``knn_mi_cc_triton`` prepare the layouts with torch ops (sorts, gathers), launch the
-kernels and reduce the digamma sums in float64; they are registered as the CUDA kernels of the ops.
+``knn_mi_cd_triton`` / ``knn_mi_cc_triton`` validate their arguments as the C++ kernels do (finite float64
+data, shapes, k), prepare the layouts with torch ops (sorts, gathers) under the data's device, launch the
+kernels (query blocks on grid axis 0, pairs on axis 1: see ``launch_grids``) and reduce the digamma sums in
+float64; they are registered as the CUDA kernels of the ops.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import math
 import torch
 import triton
 import triton.language as tl
+from latentquant.triton_kernels._common import device_guard
 
 _SQ_EUCLID = 0
 _CHEBYSHEV = 1
@@ -32,10 +35,18 @@ _CHEBYSHEV = 1
 
 @triton.jit
 def _knn_mi_cd_scalar_radius_fwd_kernel(
-    run_ptr, start_ptr, cnt_ptr, out_ptr, N, K: tl.constexpr, BRUTE_W: tl.constexpr, BLOCK: tl.constexpr
+    run_ptr,
+    start_ptr,
+    cnt_ptr,
+    out_ptr,
+    N,
+    pair0,
+    K: tl.constexpr,
+    BRUTE_W: tl.constexpr,
+    BLOCK: tl.constexpr,
 ):
-    pair = tl.program_id(0)
-    q = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    pair = pair0 + tl.program_id(1)
+    q = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     base = pair.to(tl.int64) * N
     live = q < N
     v = tl.load(run_ptr + base + q, mask=live, other=0.0)
@@ -84,10 +95,10 @@ def _knn_mi_cd_scalar_radius_fwd_kernel(
 
 @triton.jit
 def _knn_mi_scalar_count_fwd_kernel(
-    sorted_ptr, pos_ptr, r2_ptr, n_ptr, out_ptr, N, LOG_N: tl.constexpr, BLOCK: tl.constexpr
+    sorted_ptr, pos_ptr, r2_ptr, n_ptr, out_ptr, N, pair0, LOG_N: tl.constexpr, BLOCK: tl.constexpr
 ):
-    pair = tl.program_id(0)
-    q = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    pair = pair0 + tl.program_id(1)
+    q = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     base = pair.to(tl.int64) * N
     live = q < N
     g = tl.load(pos_ptr + base + q, mask=live, other=-1)
@@ -152,14 +163,15 @@ def _knn_radius_fwd_kernel(
     k_ptr,
     out_ptr,
     N,
+    pair0,
     DT: tl.constexpr,
     METRIC: tl.constexpr,
     K_PAD: tl.constexpr,
     BLOCK_Q: tl.constexpr,
     BLOCK_P: tl.constexpr,
 ):
-    pair = tl.program_id(0)
-    q = tl.program_id(1) * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    pair = pair0 + tl.program_id(1)
+    q = tl.program_id(0) * BLOCK_Q + tl.arange(0, BLOCK_Q)
     base = pair.to(tl.int64) * N
     live = q < N
     lo = tl.load(lo_ptr + base + q, mask=live, other=0)
@@ -198,6 +210,7 @@ def _knn_count_fwd_kernel(
     n_ptr,
     out_ptr,
     N,
+    pair0,
     C0: tl.constexpr,
     C1: tl.constexpr,
     DT: tl.constexpr,
@@ -205,8 +218,8 @@ def _knn_count_fwd_kernel(
     BLOCK_Q: tl.constexpr,
     BLOCK_P: tl.constexpr,
 ):
-    pair = tl.program_id(0)
-    q = tl.program_id(1) * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    pair = pair0 + tl.program_id(1)
+    q = tl.program_id(0) * BLOCK_Q + tl.arange(0, BLOCK_Q)
     base = pair.to(tl.int64) * N
     n = tl.load(n_ptr + pair)
     live = q < n
@@ -225,8 +238,14 @@ _BLOCK_Q = 32
 _BLOCK_P = 64
 
 
-def _grid(p: int, n: int, block: int) -> tuple[int, int]:
-    return (p, triton.cdiv(n, block))
+# Grid axes 1 and 2 hold at most 65,535 programs, axis 0 up to 2^31 - 1: query blocks go on axis 0
+# (N up to 2^31 - 1 samples), pairs on axis 1, in launches of at most 65,535 pairs each.
+MAX_GRID_Y = 65_535
+
+
+def launch_grids(p: int, n: int, block: int) -> list[tuple[int, tuple[int, int]]]:
+    """(first pair, grid) of each launch covering P pairs of N queries in blocks of ``block``."""
+    return [(p0, (triton.cdiv(n, block), min(MAX_GRID_Y, p - p0))) for p0 in range(0, p, MAX_GRID_Y)]
 
 
 def _knn_mi_cd_scalar_radius_fwd(
@@ -239,9 +258,10 @@ def _knn_mi_cd_scalar_radius_fwd(
     """
     p, n = run.shape
     out = torch.empty_like(run)
-    torch.library.wrap_triton(_knn_mi_cd_scalar_radius_fwd_kernel)[_grid(p, n, _BLOCK)](
-        run, start, cnt, out, n, K=k, BRUTE_W=2 * k + 1, BLOCK=_BLOCK, enable_fp_fusion=False
-    )
+    for pair0, grid in launch_grids(p, n, _BLOCK):
+        _knn_mi_cd_scalar_radius_fwd_kernel[grid](
+            run, start, cnt, out, n, pair0, K=k, BRUTE_W=2 * k + 1, BLOCK=_BLOCK, enable_fp_fusion=False
+        )
     return out
 
 
@@ -255,17 +275,19 @@ def _knn_mi_scalar_count_fwd(
     """
     p, n = sorted_vals.shape
     out = torch.empty(p, n, dtype=torch.int64, device=sorted_vals.device)
-    torch.library.wrap_triton(_knn_mi_scalar_count_fwd_kernel)[_grid(p, n, _BLOCK)](
-        sorted_vals,
-        pos,
-        r2,
-        n_valid,
-        out,
-        n,
-        LOG_N=max(1, math.ceil(math.log2(n + 1))),
-        BLOCK=_BLOCK,
-        enable_fp_fusion=False,
-    )
+    for pair0, grid in launch_grids(p, n, _BLOCK):
+        _knn_mi_scalar_count_fwd_kernel[grid](
+            sorted_vals,
+            pos,
+            r2,
+            n_valid,
+            out,
+            n,
+            pair0,
+            LOG_N=max(1, math.ceil(math.log2(n + 1))),
+            BLOCK=_BLOCK,
+            enable_fp_fusion=False,
+        )
     return out
 
 
@@ -279,20 +301,22 @@ def _knn_radius_fwd(
     """
     p, n, dt = pts.shape
     out = torch.empty(p, n, dtype=torch.float64, device=pts.device)
-    torch.library.wrap_triton(_knn_radius_fwd_kernel)[_grid(p, n, _BLOCK_Q)](
-        pts,
-        lo,
-        hi,
-        k,
-        out,
-        n,
-        DT=dt,
-        METRIC=metric,
-        K_PAD=triton.next_power_of_2(k_max),
-        BLOCK_Q=_BLOCK_Q,
-        BLOCK_P=_BLOCK_P,
-        enable_fp_fusion=False,
-    )
+    for pair0, grid in launch_grids(p, n, _BLOCK_Q):
+        _knn_radius_fwd_kernel[grid](
+            pts,
+            lo,
+            hi,
+            k,
+            out,
+            n,
+            pair0,
+            DT=dt,
+            METRIC=metric,
+            K_PAD=triton.next_power_of_2(k_max),
+            BLOCK_Q=_BLOCK_Q,
+            BLOCK_P=_BLOCK_P,
+            enable_fp_fusion=False,
+        )
     return out
 
 
@@ -305,20 +329,22 @@ def _knn_count_fwd(
     """
     p, n, dt = pts.shape
     out = torch.zeros(p, n, dtype=torch.int64, device=pts.device)
-    torch.library.wrap_triton(_knn_count_fwd_kernel)[_grid(p, n, _BLOCK_Q)](
-        pts,
-        thr,
-        n_valid,
-        out,
-        n,
-        C0=c0,
-        C1=c1,
-        DT=dt,
-        METRIC=metric,
-        BLOCK_Q=_BLOCK_Q,
-        BLOCK_P=_BLOCK_P,
-        enable_fp_fusion=False,
-    )
+    for pair0, grid in launch_grids(p, n, _BLOCK_Q):
+        _knn_count_fwd_kernel[grid](
+            pts,
+            thr,
+            n_valid,
+            out,
+            n,
+            pair0,
+            C0=c0,
+            C1=c1,
+            DT=dt,
+            METRIC=metric,
+            BLOCK_Q=_BLOCK_Q,
+            BLOCK_P=_BLOCK_P,
+            enable_fp_fusion=False,
+        )
     return out
 
 
@@ -351,8 +377,55 @@ def _finish_cd(k_eff: torch.Tensor, size: torch.Tensor, m: torch.Tensor, valid: 
     return torch.where(n > 0, mi, zero).clamp_min(0.0)
 
 
+def check_knn_inputs(op: str, x: torch.Tensor, y: torch.Tensor, n_neighbors: int) -> None:
+    """The checks of the C++ kernels (csrc/cpu/knn_mi.cpp), same messages: x (N, L, Dx) float64, y (N, S)
+    int64 labels (knn_mi_cd) or (N, S, Dy) float64 (knn_mi_cc), finite, one device, 1 <= k <= N - 1."""
+    cd = op == "knn_mi_cd"
+    if x.dim() != 3:
+        raise ValueError(f"{op}: x must have 3 dimensions, got shape {tuple(x.shape)}")
+    if x.dtype != torch.float64:
+        raise ValueError(f"{op}: x must be float64, got {x.dtype}")
+    if y.dim() != (2 if cd else 3):
+        raise ValueError(f"{op}: y must have {2 if cd else 3} dimensions, got shape {tuple(y.shape)}")
+    if y.dtype != (torch.int64 if cd else torch.float64):
+        raise ValueError(f"{op}: y must be {'int64 labels' if cd else 'float64'}, got {y.dtype}")
+    if y.shape[0] != x.shape[0]:
+        raise ValueError(
+            f"{op}: x and y must have the same number of samples, got {x.shape[0]} and {y.shape[0]}"
+        )
+    if x.shape[0] >= 2**31:
+        raise ValueError(f"{op}: at most 2^31 - 1 samples, got {x.shape[0]}")
+    if not 1 <= n_neighbors < x.shape[0]:
+        raise ValueError(
+            f"{op}: n_neighbors must be in [1, N - 1] for N = {x.shape[0]} samples, got {n_neighbors}"
+        )
+    if x.device != y.device:
+        raise ValueError(f"{op}: x is on {x.device} but y is on {y.device}")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{op}: x contains NaN or Inf")
+    if not cd and not bool(torch.isfinite(y).all()):
+        raise ValueError(f"{op}: y contains NaN or Inf")
+
+
 def knn_mi_cd_triton(x: torch.Tensor, y: torch.Tensor, n_neighbors: int) -> torch.Tensor:
     """Ross (2014) MI of every (latent, source) pair on the GPU. Shapes: x (N, L, D) float64, y (N, S) int64 -> (L, S)."""
+    check_knn_inputs("knn_mi_cd", x, y, n_neighbors)
+    if x.shape[1] == 0 or y.shape[1] == 0:
+        return x.new_empty((x.shape[1], y.shape[1]))
+    with device_guard(x):
+        return _knn_mi_cd(x.contiguous(), y.contiguous(), n_neighbors)
+
+
+def knn_mi_cc_triton(x: torch.Tensor, y: torch.Tensor, n_neighbors: int) -> torch.Tensor:
+    """KSG-1 (max-norm) MI of every pair on the GPU. Shapes: x (N, L, Dx), y (N, S, Dy) float64 -> (L, S)."""
+    check_knn_inputs("knn_mi_cc", x, y, n_neighbors)
+    if x.shape[1] == 0 or y.shape[1] == 0:
+        return x.new_empty((x.shape[1], y.shape[1]))
+    with device_guard(x):
+        return _knn_mi_cc(x.contiguous(), y.contiguous(), n_neighbors)
+
+
+def _knn_mi_cd(x: torch.Tensor, y: torch.Tensor, n_neighbors: int) -> torch.Tensor:
     n, lat, dim = x.shape
     src = y.shape[1]
     codes, sizes = _encode(y)  # (S, N)
@@ -402,8 +475,7 @@ def knn_mi_cd_triton(x: torch.Tensor, y: torch.Tensor, n_neighbors: int) -> torc
     return _finish_cd(k_eff, size, m.reshape(lat, src, n), valid)
 
 
-def knn_mi_cc_triton(x: torch.Tensor, y: torch.Tensor, n_neighbors: int) -> torch.Tensor:
-    """KSG-1 (max-norm) MI of every pair on the GPU. Shapes: x (N, L, Dx), y (N, S, Dy) float64 -> (L, S)."""
+def _knn_mi_cc(x: torch.Tensor, y: torch.Tensor, n_neighbors: int) -> torch.Tensor:
     n, lat, dx = x.shape
     src, dy = y.shape[1], y.shape[2]
     pairs = lat * src

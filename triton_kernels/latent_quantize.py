@@ -1,10 +1,13 @@
 """Triton kernels of ``latentquant::latent_quantize``, the fused QLAE quantization step.
 
-Forward, one pass (``scalar_quantize``'s kernel with its loss partials switched on): index, value and per-program partial sums of (z - z_q)^2, summed by torch in a
-fixed order: ``aux_loss = (qw + cw) * sum((z - z_q)^2) / numel`` (0 for empty z).
+Forward, one pass (``scalar_quantize``'s kernel with its loss partials switched on): index, value and
+per-program partial sums of (z - z_q)^2, summed by torch in a fixed order:
+``aux_loss = (qw + cw) * sum((z - z_q)^2) / numel`` (0 for empty z).
 Backward, one pass: ``grad_z = grad_z_hat + grad_loss * 2 cw (z - z_q) / numel`` and
-``grad_values[d, k] += grad_loss * 2 qw (z_q - z) / numel`` by atomic adds (not bit-deterministic on
-the GPU). ``grad_loss`` stays on the device: neither pass synchronizes except for the NaN/Inf check.
+``grad_values[d, k] += grad_loss * 2 qw (z_q - z) / numel`` by relaxed atomic adds (not bit-deterministic on
+the GPU; deterministic ``index_put_`` under ``torch.use_deterministic_algorithms(True)``). ``grad_loss`` is
+read on the device and the factors 2 cw / numel, 2 qw / numel are float64 kernel arguments: no host tensor
+is copied and nothing synchronizes except the checks (see ``_common``).
 """
 
 from __future__ import annotations
@@ -16,12 +19,16 @@ from latentquant.triton_kernels._common import (
     check_indices,
     check_same_device,
     check_scalar_codebook,
+    checks_enabled,
     compute_dtype,
+    deterministic,
+    deterministic_scatter,
+    device_guard,
     programs,
+    raise_if_bad_index,
     raise_if_not_finite,
 )
 from latentquant.triton_kernels.scalar_quantize import BLOCK, nearest_values_fwd
-from torch.library import wrap_triton
 
 _OP = "latent_quantize"
 
@@ -32,26 +39,43 @@ def _latent_quantize_bwd_kernel(
     z_ptr,
     values_ptr,
     indices_ptr,
-    scales_ptr,
+    grad_loss_ptr,
     grad_z_ptr,
     bins_ptr,
+    contrib_ptr,
+    bin_ptr,
+    flags_ptr,
+    z_factor: tl.float64,
+    v_factor: tl.float64,
     numel,
     D,
     K,
+    DETERMINISTIC: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    """z_factor = 2 cw / numel and v_factor = 2 qw / numel, each times grad_loss (read from the device)
+    in the compute dtype. Invalid indices (flagged per program) add nothing and give grad_z = grad_z_hat."""
+    pid = tl.program_id(0)
+    ct = values_ptr.dtype.element_ty
+    offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < numel
-    z_scale = tl.load(scales_ptr)  # grad_loss * 2 cw / numel
-    v_scale = tl.load(scales_ptr + 1)  # grad_loss * 2 qw / numel
+    gl = tl.load(grad_loss_ptr)
+    z_scale = gl * tl.full((), z_factor, tl.float64).to(ct)
+    v_scale = gl * tl.full((), v_factor, tl.float64).to(ct)
     k = tl.load(indices_ptr + offs, mask=mask, other=0)
     valid = mask & (k >= 0) & (k < K)
     bin = (offs % D) * K + k
-    x = tl.load(z_ptr + offs, mask=mask, other=0.0).to(values_ptr.dtype.element_ty)
-    diff = x - tl.load(values_ptr + bin, mask=valid, other=0.0)  # z - z_q
-    g = tl.load(grad_z_hat_ptr + offs, mask=mask, other=0.0).to(values_ptr.dtype.element_ty)
+    x = tl.load(z_ptr + offs, mask=mask, other=0.0).to(ct)
+    diff = tl.where(valid, x - tl.load(values_ptr + bin, mask=valid, other=0.0), 0.0)  # z - z_q
+    g = tl.load(grad_z_hat_ptr + offs, mask=mask, other=0.0).to(ct)
     tl.store(grad_z_ptr + offs, (g + z_scale * diff).to(grad_z_ptr.dtype.element_ty), mask=mask)
-    tl.atomic_add(bins_ptr + bin, -v_scale * diff, mask=valid)
+    contrib = -v_scale * diff
+    if DETERMINISTIC:
+        tl.store(contrib_ptr + offs, contrib, mask=mask)
+        tl.store(bin_ptr + offs, tl.where(valid, bin, 0), mask=mask)
+    else:
+        tl.atomic_add(bins_ptr + bin, contrib, mask=valid, sem="relaxed")
+    tl.store(flags_ptr + pid, tl.sum(tl.where(mask & ~valid, 1, 0)))
 
 
 def _latent_quantize_bwd(
@@ -59,32 +83,49 @@ def _latent_quantize_bwd(
     z: torch.Tensor,
     values: torch.Tensor,
     indices: torch.Tensor,
-    scales: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    grad_loss: torch.Tensor,
+    z_factor: float,
+    v_factor: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The fused backward.
 
     Shapes: grad_z_hat (N, D) and z (N, D) contiguous in z's dtype, values (D, K) contiguous in the
-    compute dtype, indices (N, D) int64 contiguous, scales (2,) in the compute dtype holding
-    (grad_loss * 2 cw / numel, grad_loss * 2 qw / numel) -> grad_z (N, D) in z's dtype,
-    grad_values (D, K) in the compute dtype. Out-of-range indices add nothing to grad_values.
+    compute dtype, indices (N, D) int64 contiguous, grad_loss (1,) in the compute dtype; z_factor =
+    2 cw / numel, v_factor = 2 qw / numel -> grad_z (N, D) in z's dtype, grad_values (D, K) in the compute
+    dtype, flags (programs,) int32 (indices outside [0, K) per program; they add nothing to grad_values).
     """
+    numel = z.numel()
     grad_z = torch.empty_like(z)
     bins = torch.zeros_like(values)
-    if z.numel():
-        wrap_triton(_latent_quantize_bwd_kernel)[programs(z.numel(), BLOCK)](
-            grad_z_hat,
-            z,
-            values,
-            indices,
-            scales,
-            grad_z,
-            bins,
-            z.numel(),
-            z.shape[1],
-            values.shape[1],
-            BLOCK,
-        )
-    return grad_z, bins
+    grid = programs(numel, BLOCK)
+    flags = torch.zeros(grid[0], dtype=torch.int32, device=z.device)
+    if numel:
+        det = deterministic()
+        contrib = torch.empty(numel if det else 0, dtype=values.dtype, device=z.device)
+        bin_index = torch.empty(numel if det else 0, dtype=torch.int64, device=z.device)
+        with device_guard(z):
+            _latent_quantize_bwd_kernel[grid](
+                grad_z_hat,
+                z,
+                values,
+                indices,
+                grad_loss,
+                grad_z,
+                bins,
+                contrib,
+                bin_index,
+                flags,
+                z_factor,
+                v_factor,
+                numel,
+                z.shape[1],
+                values.shape[1],
+                det,
+                BLOCK,
+            )
+            if det:
+                deterministic_scatter(bins.view(-1), bin_index, contrib)
+    return grad_z, bins, flags
 
 
 def latent_quantize_triton(
@@ -97,10 +138,11 @@ def latent_quantize_triton(
     """``latentquant::latent_quantize`` on Triton: z (N, D), values (D, K) ->
     z_hat (N, D) in z's dtype, indices (N, D) int64, aux_loss () in the compute dtype."""
     check_scalar_codebook(_OP, z, values)
+    check = checks_enabled(check_finite, z)
     ct = compute_dtype(z, values)
     vals = values.to(ct).contiguous()
-    z_hat, indices, partials, flags = nearest_values_fwd(z.contiguous(), vals, check_finite, with_loss=True)
-    if check_finite:
+    z_hat, indices, partials, flags = nearest_values_fwd(z.contiguous(), vals, check, with_loss=True)
+    if check:
         raise_if_not_finite(_OP, flags, vals, "values")
     if z.numel() == 0:
         return z_hat, indices, torch.zeros((), dtype=ct, device=z.device)
@@ -118,7 +160,8 @@ def latent_quantize_backward_triton(
     commitment_weight: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``latentquant::latent_quantize_backward`` on Triton: grad_z_hat (N, D), grad_loss (), z (N, D),
-    values (D, K), indices (N, D) -> grad_z (N, D) in z's dtype, grad_values (D, K) in values' dtype."""
+    values (D, K), indices (N, D) -> grad_z (N, D) in z's dtype, grad_values (D, K) in values' dtype.
+    Raises ValueError for an index outside [0, K)."""
     op = "latent_quantize_backward"
     check_scalar_codebook(op, z, values)
     check_indices(op, indices, tuple(z.shape))
@@ -131,17 +174,16 @@ def latent_quantize_backward_triton(
     check_same_device(op, grad_z_hat=grad_z_hat, grad_loss=grad_loss, z=z, values=values, indices=indices)
     ct = compute_dtype(z, values)
     n = max(z.numel(), 1)
-    weights = torch.tensor(
-        [2.0 * commitment_weight / n, 2.0 * quantization_weight / n], dtype=ct, device=z.device
-    )
-    scales = grad_loss.reshape(1).to(ct) * weights
-    grad_z, bins = _latent_quantize_bwd(
+    grad_z, bins, flags = _latent_quantize_bwd(
         grad_z_hat.to(z.dtype).contiguous(),
         z.contiguous(),
         values.to(ct).contiguous(),
         indices.contiguous(),
-        scales,
+        grad_loss.reshape(1).to(ct),
+        2.0 * commitment_weight / n,
+        2.0 * quantization_weight / n,
     )
+    raise_if_bad_index(op, flags, values.shape[1])
     return grad_z, bins.to(values.dtype)
 
 

@@ -1,8 +1,9 @@
 """Triton kernels of ``latentquant::scalar_quantize``: per-dimension nearest scalar codebook value.
 
-``_scalar_quantize_fwd_kernel`` -> ``nearest_values_fwd`` (launcher, shared with ``latent_quantize``) -> ``scalar_quantize_triton``
-(the op's CUDA kernel when ``LATENTQUANT_GPU_BACKEND=triton``) -> ``scalar_quantize_ref``.
-The backward scatter uses atomic adds: gradients are not bit-deterministic on the GPU.
+``_scalar_quantize_fwd_kernel`` -> ``nearest_values_fwd`` (launcher, shared with ``latent_quantize``) ->
+``scalar_quantize_triton`` (the op's CUDA kernel when ``LATENTQUANT_GPU_BACKEND=triton``) -> ``scalar_quantize_ref``.
+The backward scatter uses relaxed atomic adds (not bit-deterministic on the GPU), or a deterministic
+``index_put_`` under ``torch.use_deterministic_algorithms(True)`` (see ``_common``).
 """
 
 from __future__ import annotations
@@ -16,13 +17,17 @@ from latentquant.triton_kernels._common import (
     check_rank,
     check_same_device,
     check_scalar_codebook,
+    checks_enabled,
     compute_dtype,
     count_not_finite,
+    deterministic,
+    deterministic_scatter,
+    device_guard,
     nearest_scalar,
     programs,
+    raise_if_bad_index,
     raise_if_not_finite,
 )
-from torch.library import wrap_triton
 
 _OP = "scalar_quantize"
 BLOCK = 1024
@@ -60,13 +65,35 @@ def _scalar_quantize_fwd_kernel(
 
 
 @triton.jit
-def _scalar_quantize_bwd_kernel(grad_ptr, indices_ptr, bins_ptr, numel, D, K, BLOCK: tl.constexpr):
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+def _scalar_quantize_bwd_kernel(
+    grad_ptr,
+    indices_ptr,
+    bins_ptr,
+    contrib_ptr,
+    bin_ptr,
+    flags_ptr,
+    numel,
+    D,
+    K,
+    DETERMINISTIC: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    """bins[d * K + k] += grad[i] for element i = (n, d) with k = indices[i]; with ``DETERMINISTIC`` the
+    (contribution, bin) pairs are written out instead (invalid elements: 0 into bin 0). Each program stores
+    its count of indices outside [0, K) in flags."""
+    pid = tl.program_id(0)
+    offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < numel
     k = tl.load(indices_ptr + offs, mask=mask, other=0)
     valid = mask & (k >= 0) & (k < K)
     g = tl.load(grad_ptr + offs, mask=mask, other=0.0).to(bins_ptr.dtype.element_ty)
-    tl.atomic_add(bins_ptr + (offs % D) * K + k, g, mask=valid)
+    bin = (offs % D) * K + k
+    if DETERMINISTIC:
+        tl.store(contrib_ptr + offs, tl.where(valid, g, 0.0), mask=mask)
+        tl.store(bin_ptr + offs, tl.where(valid, bin, 0), mask=mask)
+    else:
+        tl.atomic_add(bins_ptr + bin, g, mask=valid, sem="relaxed")
+    tl.store(flags_ptr + pid, tl.sum(tl.where(mask & ~valid, 1, 0)))
 
 
 def nearest_values_fwd(
@@ -85,38 +112,49 @@ def nearest_values_fwd(
     partials = torch.zeros(grid[0] if with_loss else 0, dtype=values.dtype, device=z.device)
     flags = torch.zeros(grid[0], dtype=torch.int32, device=z.device)
     if z.numel():
-        wrap_triton(_scalar_quantize_fwd_kernel)[grid](
-            z,
-            values,
-            z_q,
-            indices,
-            partials if with_loss else flags,  # not read or written without the loss
-            flags,
-            z.numel(),
-            z.shape[1],
-            values.shape[1],
-            with_loss,
-            check_finite,
-            BLOCK,
-        )
+        with device_guard(z):
+            _scalar_quantize_fwd_kernel[grid](
+                z,
+                values,
+                z_q,
+                indices,
+                partials if with_loss else flags,  # not read or written without the loss
+                flags,
+                z.numel(),
+                z.shape[1],
+                values.shape[1],
+                with_loss,
+                check_finite,
+                BLOCK,
+            )
     return z_q, indices, partials, flags
 
 
 def _scalar_quantize_bwd(
     grad_z_q: torch.Tensor, indices: torch.Tensor, num_values: int, dtype: torch.dtype
-) -> torch.Tensor:
+) -> tuple[torch.Tensor, torch.Tensor]:
     """grad_values[d, k] = sum of grad_z_q[n, d] over n with indices[n, d] == k.
 
     Shapes: grad_z_q (N, D) contiguous, indices (N, D) int64 contiguous -> (D, K) in ``dtype``
-    (the accumulation dtype; the caller casts to values' dtype). Out-of-range indices are skipped.
+    (the accumulation dtype; the caller casts to values' dtype) and flags (programs,) int32, the number
+    of indices outside [0, K) per program (those elements are skipped).
     """
     D = grad_z_q.shape[1]
+    numel = grad_z_q.numel()
     bins = torch.zeros(D * num_values, dtype=dtype, device=grad_z_q.device)
-    if grad_z_q.numel():
-        wrap_triton(_scalar_quantize_bwd_kernel)[programs(grad_z_q.numel(), BLOCK)](
-            grad_z_q, indices, bins, grad_z_q.numel(), D, num_values, BLOCK
-        )
-    return bins.view(D, num_values)
+    grid = programs(numel, BLOCK)
+    flags = torch.zeros(grid[0], dtype=torch.int32, device=grad_z_q.device)
+    if numel:
+        det = deterministic()
+        contrib = torch.empty(numel if det else 0, dtype=dtype, device=grad_z_q.device)
+        bin_index = torch.empty(numel if det else 0, dtype=torch.int64, device=grad_z_q.device)
+        with device_guard(grad_z_q):
+            _scalar_quantize_bwd_kernel[grid](
+                grad_z_q, indices, bins, contrib, bin_index, flags, numel, D, num_values, det, BLOCK
+            )
+            if det:
+                deterministic_scatter(bins, bin_index, contrib)
+    return bins.view(D, num_values), flags
 
 
 def scalar_quantize_triton(
@@ -124,32 +162,42 @@ def scalar_quantize_triton(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``latentquant::scalar_quantize`` on Triton: z (N, D), values (D, K) -> z_q (N, D), indices (N, D) int64."""
     check_scalar_codebook(_OP, z, values)
+    check = checks_enabled(check_finite, z)
     vals = values.to(compute_dtype(z, values)).contiguous()
-    z_q, indices, _, flags = nearest_values_fwd(z.contiguous(), vals, check_finite)
-    if check_finite:
+    z_q, indices, _, flags = nearest_values_fwd(z.contiguous(), vals, check)
+    if check:
         raise_if_not_finite(_OP, flags, vals, "values")
     return z_q, indices
+
+
+def check_scalar_backward(
+    op: str, grad: torch.Tensor, name: str, indices: torch.Tensor, values: torch.Tensor
+) -> None:
+    """grad (N, D) float, indices (N, D) int64, values (D, K) float, one device."""
+    check_float(op, name, grad)
+    check_float(op, "values", values)
+    check_rank(op, name, grad, 2)
+    check_rank(op, "values", values, 2)
+    check_indices(op, indices, tuple(grad.shape))
+    if values.shape[0] != grad.shape[1]:
+        raise ValueError(
+            f"{op}: values must have shape (D, K) with D = {name}.shape[1] = {grad.shape[1]}, "
+            f"got values of shape {tuple(values.shape)}"
+        )
+    check_same_device(op, **{name: grad}, indices=indices, values=values)
 
 
 def scalar_quantize_backward_triton(
     grad_z_q: torch.Tensor, indices: torch.Tensor, values: torch.Tensor
 ) -> torch.Tensor:
     """``latentquant::scalar_quantize_backward`` on Triton: grad_z_q (N, D), indices (N, D), values (D, K) ->
-    grad_values (D, K) in values' dtype."""
+    grad_values (D, K) in values' dtype. Raises ValueError for an index outside [0, K)."""
     op = "scalar_quantize_backward"
-    check_float(op, "grad_z_q", grad_z_q)
-    check_float(op, "values", values)
-    check_rank(op, "grad_z_q", grad_z_q, 2)
-    check_rank(op, "values", values, 2)
-    check_indices(op, indices, tuple(grad_z_q.shape))
-    if values.shape[0] != grad_z_q.shape[1]:
-        raise ValueError(
-            f"{op}: values must have shape (D, K) with D = {grad_z_q.shape[1]}, got values of shape {tuple(values.shape)}"
-        )
-    check_same_device(op, grad_z_q=grad_z_q, indices=indices, values=values)
-    bins = _scalar_quantize_bwd(
+    check_scalar_backward(op, grad_z_q, "grad_z_q", indices, values)
+    bins, flags = _scalar_quantize_bwd(
         grad_z_q.contiguous(), indices.contiguous(), values.shape[1], compute_dtype(grad_z_q, values)
     )
+    raise_if_bad_index(op, flags, values.shape[1])
     return bins.to(values.dtype)
 
 

@@ -2,10 +2,12 @@
 
 Each program takes BLOCK_N rows of z and walks the codebook in tiles of BLOCK_K codes, forming
 ``||c||^2 - 2 z.c`` with ``tl.dot`` (IEEE precision, no TF32) over chunks of BLOCK_C columns, so the
-(N, K) distance matrix never exists. Exact duplicate codes get identical distances and resolve to the
-lowest index; codes whose true distances differ by less than the rounding of the expansion may resolve
-to a different, equally near code than the direct formula. The backward scatter uses atomic adds
-(not bit-deterministic on the GPU).
+(N, K) distance matrix never exists. ``||c||^2`` is accumulated in the same pass, chunk by chunk in column
+order (never by torch's ``sum``, whose grouping on the GPU depends on each row's address alignment), so
+exact duplicate codes get bit-identical distances and resolve to the lowest index; codes whose true
+distances differ by less than the rounding of the expansion may resolve to a different, equally near code
+than the direct formula. The backward scatter uses relaxed atomic adds (not bit-deterministic on the GPU;
+deterministic ``index_put_`` under ``torch.use_deterministic_algorithms(True)``).
 """
 
 from __future__ import annotations
@@ -18,11 +20,15 @@ from latentquant.triton_kernels._common import (
     check_indices,
     check_rank,
     check_same_device,
+    checks_enabled,
     compute_dtype,
     count_not_finite,
+    deterministic,
+    deterministic_scatter,
+    device_guard,
+    raise_if_bad_index,
     raise_if_not_finite,
 )
-from torch.library import wrap_triton
 
 _OP = "vector_quantize"
 BLOCK_N = 32
@@ -35,7 +41,6 @@ BLOCK_BWD = 1024
 def _vector_quantize_fwd_kernel(
     z_ptr,
     codebook_ptr,
-    norms_ptr,
     z_q_ptr,
     indices_ptr,
     flags_ptr,
@@ -58,6 +63,7 @@ def _vector_quantize_fwd_kernel(
         codes = k0 + tl.arange(0, BLOCK_K).to(tl.int64)
         code_mask = codes < K
         dot = tl.zeros((BLOCK_N, BLOCK_K), dtype=ct)
+        norms = tl.zeros((BLOCK_K,), dtype=ct)
         for c0 in range(0, C, BLOCK_C):
             cols = c0 + tl.arange(0, BLOCK_C)
             col_mask = cols < C
@@ -74,7 +80,7 @@ def _vector_quantize_fwd_kernel(
                 other=0.0,
             )
             dot += tl.dot(zt, cbt, input_precision="ieee")
-        norms = tl.load(norms_ptr + codes, mask=code_mask, other=0.0)
+            norms += tl.sum(cbt * cbt, axis=0)
         dist = tl.where(code_mask[None, :], norms[None, :] - 2.0 * dot, float("inf"))
         tile_min = tl.min(dist, axis=1)
         tile_arg = tl.argmin(dist, axis=1, tie_break_left=True)
@@ -93,14 +99,36 @@ def _vector_quantize_fwd_kernel(
 
 
 @triton.jit
-def _vector_quantize_bwd_kernel(grad_ptr, indices_ptr, bins_ptr, numel, K, C, BLOCK: tl.constexpr):
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+def _vector_quantize_bwd_kernel(
+    grad_ptr,
+    indices_ptr,
+    bins_ptr,
+    contrib_ptr,
+    bin_ptr,
+    flags_ptr,
+    numel,
+    K,
+    C,
+    DETERMINISTIC: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    """bins[k * C + c] += grad[n, c] with k = indices[n]; with ``DETERMINISTIC`` the (contribution, bin)
+    pairs are written out instead (invalid rows: 0 into bin 0). Each program stores its count of elements
+    whose row index lies outside [0, K) in flags."""
+    pid = tl.program_id(0)
+    offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < numel
     n = offs // C
     k = tl.load(indices_ptr + n, mask=mask, other=0)
     valid = mask & (k >= 0) & (k < K)
     g = tl.load(grad_ptr + offs, mask=mask, other=0.0).to(bins_ptr.dtype.element_ty)
-    tl.atomic_add(bins_ptr + k * C + (offs - n * C), g, mask=valid)
+    bin = k * C + (offs - n * C)
+    if DETERMINISTIC:
+        tl.store(contrib_ptr + offs, tl.where(valid, g, 0.0), mask=mask)
+        tl.store(bin_ptr + offs, tl.where(valid, bin, 0), mask=mask)
+    else:
+        tl.atomic_add(bins_ptr + bin, g, mask=valid, sem="relaxed")
+    tl.store(flags_ptr + pid, tl.sum(tl.where(mask & ~valid, 1, 0)))
 
 
 def _vector_quantize_fwd(
@@ -118,40 +146,49 @@ def _vector_quantize_fwd(
     grid = (triton.cdiv(N, BLOCK_N),)
     flags = torch.zeros(grid[0], dtype=torch.int32, device=z.device)
     if N:
-        norms = (codebook * codebook).sum(1)
-        wrap_triton(_vector_quantize_fwd_kernel)[grid](
-            z,
-            codebook,
-            norms,
-            z_q,
-            indices,
-            flags,
-            N,
-            codebook.shape[0],
-            C,
-            check_finite,
-            BLOCK_N,
-            BLOCK_K,
-            BLOCK_C,
-        )
+        with device_guard(z):
+            _vector_quantize_fwd_kernel[grid](
+                z,
+                codebook,
+                z_q,
+                indices,
+                flags,
+                N,
+                codebook.shape[0],
+                C,
+                check_finite,
+                BLOCK_N,
+                BLOCK_K,
+                BLOCK_C,
+            )
     return z_q, indices, flags
 
 
 def _vector_quantize_bwd(
     grad_z_q: torch.Tensor, indices: torch.Tensor, num_codes: int, dtype: torch.dtype
-) -> torch.Tensor:
+) -> tuple[torch.Tensor, torch.Tensor]:
     """grad_codebook[k] = sum of grad_z_q[n] over n with indices[n] == k.
 
     Shapes: grad_z_q (N, C) contiguous, indices (N,) int64 contiguous -> (K, C) in ``dtype`` (the
-    accumulation dtype; the caller casts). Out-of-range indices are skipped.
+    accumulation dtype; the caller casts) and flags (programs,) int32 (elements of rows whose index lies
+    outside [0, K), per program; they are skipped).
     """
     C = grad_z_q.shape[1]
+    numel = grad_z_q.numel()
     bins = torch.zeros(num_codes * C, dtype=dtype, device=grad_z_q.device)
-    if grad_z_q.numel():
-        wrap_triton(_vector_quantize_bwd_kernel)[(triton.cdiv(grad_z_q.numel(), BLOCK_BWD),)](
-            grad_z_q, indices, bins, grad_z_q.numel(), num_codes, C, BLOCK_BWD
-        )
-    return bins.view(num_codes, C)
+    grid = (triton.cdiv(numel, BLOCK_BWD),)
+    flags = torch.zeros(grid[0], dtype=torch.int32, device=grad_z_q.device)
+    if numel:
+        det = deterministic()
+        contrib = torch.empty(numel if det else 0, dtype=dtype, device=grad_z_q.device)
+        bin_index = torch.empty(numel if det else 0, dtype=torch.int64, device=grad_z_q.device)
+        with device_guard(grad_z_q):
+            _vector_quantize_bwd_kernel[grid](
+                grad_z_q, indices, bins, contrib, bin_index, flags, numel, num_codes, C, det, BLOCK_BWD
+            )
+            if det:
+                deterministic_scatter(bins, bin_index, contrib)
+    return bins.view(num_codes, C), flags
 
 
 def vector_quantize_triton(
@@ -170,9 +207,10 @@ def vector_quantize_triton(
     if codebook.shape[0] < 1:
         raise ValueError(f"{_OP}: codebook needs at least one row, got shape {tuple(codebook.shape)}")
     check_same_device(_OP, z=z, codebook=codebook)
+    check = checks_enabled(check_finite, z)
     cb = codebook.to(compute_dtype(z, codebook)).contiguous()
-    z_q, indices, flags = _vector_quantize_fwd(z.contiguous(), cb, check_finite)
-    if check_finite:
+    z_q, indices, flags = _vector_quantize_fwd(z.contiguous(), cb, check)
+    if check:
         raise_if_not_finite(_OP, flags, cb, "codebook")
     return z_q, indices
 
@@ -181,7 +219,7 @@ def vector_quantize_backward_triton(
     grad_z_q: torch.Tensor, indices: torch.Tensor, codebook: torch.Tensor
 ) -> torch.Tensor:
     """``latentquant::vector_quantize_backward`` on Triton: grad_z_q (N, C), indices (N,), codebook (K, C) ->
-    grad_codebook (K, C) in codebook's dtype."""
+    grad_codebook (K, C) in codebook's dtype. Raises ValueError for an index outside [0, K)."""
     op = "vector_quantize_backward"
     check_float(op, "grad_z_q", grad_z_q)
     check_float(op, "codebook", codebook)
@@ -194,9 +232,10 @@ def vector_quantize_backward_triton(
             f"got {tuple(codebook.shape)}"
         )
     check_same_device(op, grad_z_q=grad_z_q, indices=indices, codebook=codebook)
-    bins = _vector_quantize_bwd(
+    bins, flags = _vector_quantize_bwd(
         grad_z_q.contiguous(), indices.contiguous(), codebook.shape[0], compute_dtype(grad_z_q, codebook)
     )
+    raise_if_bad_index(op, flags, codebook.shape[0])
     return bins.to(codebook.dtype)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -61,9 +63,15 @@ def check_weight(op: str, name: str, w: float) -> float:
     return w
 
 
-def check_finite_ref(op: str, z: torch.Tensor, book: torch.Tensor, check_z: bool) -> None:
-    """The reference path's equivalent of the kernels' in-pass checks."""
-    if check_z:
+def check_finite_ref(op: str, z: torch.Tensor, book: torch.Tensor, check: bool) -> None:
+    """The reference path's equivalent of the kernels' in-pass checks: with ``check`` (the ops'
+    ``check_finite``), NaN/Inf in z or in the codebook raises; without it nothing is checked, on every backend."""
+    if check:
         check_finite(op, "z", z)
-    if not bool(torch.isfinite(book).all()):
-        raise ValueError(f"{op}: the codebook contains NaN or Inf")
+        if not bool(torch.isfinite(book).all()):
+            raise ValueError(f"{op}: the codebook contains NaN or Inf")
+
+
+def flatten_latents(z: torch.Tensor) -> torch.Tensor:
+    """(..., D) -> (N, D), a view where the layout allows; D = 0 is allowed (empty in, empty out)."""
+    return z.reshape(math.prod(z.shape[:-1]), z.shape[-1])

@@ -4,10 +4,15 @@
 - ``LATENTQUANT_GPU_BACKEND=cuda|triton`` (default ``cuda``): which kernels serve CUDA tensors. With
   ``triton`` -- or when the extension has no CUDA kernel for an op but Triton is installed -- the Triton
   launchers are registered as the op's CUDA kernel, so device selection stays with the dispatcher.
+  The registration is lazy: ``latentquant.triton_kernels.<module>`` (and triton itself) is imported at the
+  first call on a CUDA tensor, never by ``import latentquant``, so ``TRITON_INTERPRET`` and the other
+  Triton settings may still be chosen after importing latentquant.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib
 import importlib.util
 import os
 import warnings
@@ -71,14 +76,29 @@ def register_triton_cuda(op: str, fn: Callable) -> None:
         _TRITON_OPS.add(op)
 
 
-def register_triton_module(name: str) -> None:
-    """Register ``latentquant.triton_kernels.<name>.KERNELS`` ({op: fn}) as CUDA kernels where
-    :func:`register_triton_cuda` says so. Skipped without a CUDA device, so CPU-only imports stay light."""
+@functools.cache
+def _triton_kernels(module: str) -> dict[str, Callable]:
+    return importlib.import_module(f"latentquant.triton_kernels.{module}").KERNELS
+
+
+def _lazy_triton_kernel(module: str, op: str) -> Callable:
+    """``op``'s Triton launcher, imported from ``latentquant.triton_kernels.<module>`` at the first call."""
+
+    def kernel(*args):
+        return _triton_kernels(module)[op](*args)
+
+    kernel.__name__ = f"{op}_triton"
+    return kernel
+
+
+def register_triton_module(module: str, ops: tuple[str, ...]) -> None:
+    """Register the launchers ``latentquant.triton_kernels.<module>.KERNELS[op]`` for ``ops`` as CUDA
+    kernels where :func:`register_triton_cuda` says so, lazily (the module is imported at the first call).
+    Skipped without a CUDA device."""
     if _LIB is None or not triton_available() or not torch.cuda.is_available():
         return
-    module = importlib.import_module(f"latentquant.triton_kernels.{name}")
-    for op, fn in module.KERNELS.items():
-        register_triton_cuda(op, fn)
+    for op in ops:
+        register_triton_cuda(op, _lazy_triton_kernel(module, op))
 
 
 def backend_info() -> dict[str, object]:
@@ -129,13 +149,17 @@ def register_nearest_codebook_op(
         return
     name = f"{NAMESPACE}::{op}"
 
+    # The kernels return fresh contiguous tensors whatever the input layout, so the fakes do too.
     @torch.library.register_fake(name)
     def _(z, table, check_finite=True):
-        return torch.empty_like(z), torch.empty(index_shape(z), dtype=torch.long, device=z.device)
+        return (
+            z.new_empty(z.shape),
+            torch.empty(index_shape(z), dtype=torch.long, device=z.device),
+        )
 
     @torch.library.register_fake(f"{name}_backward")
     def _(grad_z_q, indices, table):
-        return torch.empty_like(table)
+        return table.new_empty(table.shape)
 
     def setup_context(ctx, inputs, output):
         _, table, _ = inputs

@@ -26,7 +26,7 @@ if _registry.HAVE_C:
 
 
 _registry.PUBLIC_OPS.extend(["knn_mi_cd", "knn_mi_cc"])
-_registry.register_triton_module("knn_mi")
+_registry.register_triton_module("knn_mi", ("knn_mi_cd", "knn_mi_cc"))
 
 
 def _has_kernel(op: str, device: torch.device) -> bool:

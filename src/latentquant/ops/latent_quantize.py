@@ -15,18 +15,18 @@ def _loss_dtype(z: torch.Tensor, values: torch.Tensor) -> torch.dtype:
 
 
 if _registry.HAVE_C:
-
+    # The kernels return fresh contiguous tensors whatever the input layout, so the fakes do too.
     @torch.library.register_fake("latentquant::latent_quantize")
     def _(z, values, quantization_weight, commitment_weight, check_finite=True):
         return (
-            torch.empty_like(z),
+            z.new_empty(z.shape),
             torch.empty(z.shape, dtype=torch.long, device=z.device),
             z.new_empty((), dtype=_loss_dtype(z, values)),
         )
 
     @torch.library.register_fake("latentquant::latent_quantize_backward")
     def _(grad_z_hat, grad_loss, z, values, indices, quantization_weight, commitment_weight):
-        return torch.empty_like(z), torch.empty_like(values)
+        return z.new_empty(z.shape), values.new_empty(values.shape)
 
     def _setup_context(ctx, inputs, output):
         z, values, qw, cw, _ = inputs
@@ -64,7 +64,7 @@ if _registry.HAVE_C:
 
 
 _registry.PUBLIC_OPS.append(_OP)
-_registry.register_triton_module(_OP)
+_registry.register_triton_module(_OP, (_OP, f"{_OP}_backward"))
 
 
 def latent_quantize(
@@ -82,7 +82,9 @@ def latent_quantize(
         values: (D, K) per-dimension scalar codebooks.
         quantization_weight: qw >= 0, weight of ``mean((sg(z) - z_q)^2)`` (moves the values).
         commitment_weight: cw >= 0, weight of ``mean((z - sg(z_q))^2)`` (moves the encoder).
-        check_finite: raise ``ValueError`` if ``z`` holds NaN or Inf (checked inside the kernel's pass).
+        check_finite: raise ``ValueError`` if ``z`` or the codebook holds NaN or Inf (checked inside the
+            kernel's pass; on a GPU one synchronization per call, skipped while the current CUDA stream is
+            capturing a graph, where nothing can raise). ``False`` skips both checks on every backend.
 
     Returns:
         z_hat: (..., D) in z's dtype with the value of z_q and the straight-through gradient (d z_hat/d z = I).
@@ -100,6 +102,6 @@ def latent_quantize(
         _checks.check_finite_ref(_OP, z, values, check_finite)
         return latent_quantize_ref(z, values, qw, cw)
     z_hat, indices, aux_loss = torch.ops.latentquant.latent_quantize(
-        z.reshape(-1, z.shape[-1]), values, qw, cw, check_finite
+        _checks.flatten_latents(z), values, qw, cw, check_finite
     )
     return z_hat.view(z.shape), indices.view(z.shape), aux_loss

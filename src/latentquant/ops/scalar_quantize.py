@@ -15,7 +15,7 @@ _registry.register_nearest_codebook_op(
 )
 
 _registry.PUBLIC_OPS.append(_OP)
-_registry.register_triton_module(_OP)
+_registry.register_triton_module(_OP, (_OP, f"{_OP}_backward"))
 
 
 def scalar_quantize(
@@ -27,7 +27,9 @@ def scalar_quantize(
         z: (..., D) float16/bfloat16/float32/float64, any layout.
         values: (D, K) per-dimension codebooks (ragged codebooks: pad a row by repeating its last value,
             which never wins a tie).
-        check_finite: raise ``ValueError`` if ``z`` holds NaN or Inf (checked inside the kernel's pass).
+        check_finite: raise ``ValueError`` if ``z`` or the codebook holds NaN or Inf (checked inside the
+            kernel's pass; on a GPU one synchronization per call, skipped while the current CUDA stream is
+            capturing a graph, where nothing can raise). ``False`` skips both checks on every backend.
 
     Returns:
         z_q: (..., D) in z's dtype, ``z_q[..., d] = values[d, indices[..., d]]``.
@@ -39,5 +41,5 @@ def scalar_quantize(
     if not _registry.HAVE_C:
         _checks.check_finite_ref(_OP, z, values, check_finite)
         return scalar_quantize_ref(z, values)
-    z_q, indices = torch.ops.latentquant.scalar_quantize(z.reshape(-1, z.shape[-1]), values, check_finite)
+    z_q, indices = torch.ops.latentquant.scalar_quantize(_checks.flatten_latents(z), values, check_finite)
     return z_q.view(z.shape), indices.view(z.shape)

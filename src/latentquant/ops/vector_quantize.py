@@ -13,7 +13,7 @@ _OP = "vector_quantize"
 _registry.register_nearest_codebook_op(_OP, lambda z: tuple(z.shape[:1]), lambda ggc, indices: ggc[indices])
 
 _registry.PUBLIC_OPS.append(_OP)
-_registry.register_triton_module(_OP)
+_registry.register_triton_module(_OP, (_OP, f"{_OP}_backward"))
 
 
 def vector_quantize(
@@ -24,7 +24,9 @@ def vector_quantize(
     Args:
         z: (..., C) float16/bfloat16/float32/float64, any layout.
         codebook: (K, C).
-        check_finite: raise ``ValueError`` if ``z`` holds NaN or Inf.
+        check_finite: raise ``ValueError`` if ``z`` or the codebook holds NaN or Inf (checked inside the
+            kernel's pass; on a GPU one synchronization per call, skipped while the current CUDA stream is
+            capturing a graph, where nothing can raise). ``False`` skips both checks on every backend.
 
     Returns:
         z_q: (..., C) in z's dtype, ``codebook[indices]``.
@@ -38,5 +40,5 @@ def vector_quantize(
     if not _registry.HAVE_C:
         _checks.check_finite_ref(_OP, z, codebook, check_finite)
         return vector_quantize_ref(z, codebook)
-    z_q, indices = torch.ops.latentquant.vector_quantize(z.reshape(-1, z.shape[-1]), codebook, check_finite)
+    z_q, indices = torch.ops.latentquant.vector_quantize(_checks.flatten_latents(z), codebook, check_finite)
     return z_q.view(z.shape), indices.view(z.shape[:-1])
