@@ -362,7 +362,7 @@ def test_bad_npz_files_give_clear_errors(tmp_path):
         get_dataset("dsprites", tmp_path / "mpi3d.npz")
     with pytest.raises(ValueError, match=r"missing \['images'\].*looks like a dSprites file"):
         get_dataset("mpi3d", good)
-    with pytest.raises(ValueError, match=r"has 12 images, expected 1036800 = product of factor_sizes"):
+    with pytest.raises(ValueError, match=r"has 12 images, which fits no known MPI3D grid"):
         get_dataset("mpi3d", tmp_path / "mpi3d.npz")
     _write_dsprites(tmp_path / "scaled.npz", pixel_max=255)
     with pytest.raises(ValueError, match="0/1 pixels, found the value 255"):
@@ -375,7 +375,9 @@ def test_bad_npz_files_give_clear_errors(tmp_path):
 
 def test_get_dataset_names():
     assert isinstance(get_dataset("dsprites"), DSprites)
-    with pytest.raises(ValueError, match="expected one of shapes3d, dsprites, mpi3d, got 'celeba'"):
+    with pytest.raises(
+        ValueError, match="expected one of shapes3d, dsprites, mpi3d, falcor3d, isaac3d, got 'celeba'"
+    ):
         get_dataset("celeba")
     with pytest.raises(ValueError, match="mpi3d has no procedural version"):
         get_dataset("mpi3d")

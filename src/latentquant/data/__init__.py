@@ -4,35 +4,56 @@
     >>> ds = get_dataset("shapes3d")                  # procedural, 480,000 images (3, 64, 64)
     >>> images, factors = ds.sample_batch(128, generator=0)
     >>> real = get_dataset("shapes3d", data_path="3dshapes.h5")   # the real file, same interface
+    >>> falcor = get_dataset("falcor3d", data_path="data/Falcor3D_down128")  # PNGs, cached at 64x64
 
-Every dataset is a ``GroundTruthDataset`` (see ``latentquant.data.base``).
+Every dataset is a ``GroundTruthDataset`` (see ``latentquant.data.base``). The real files are fetched
+with ``latentquant data download NAME`` (``latentquant.data.download``).
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from latentquant.data.base import GroundTruthDataset, as_torch_generator
 from latentquant.data.dsprites import DSprites
 from latentquant.data.files import (
     MPI3D_FACTOR_NAMES,
     MPI3D_FACTOR_SIZES,
+    MPI3D_GRIDS,
     DSpritesFile,
     MPI3DFile,
     Shapes3DFile,
 )
+from latentquant.data.folders import FALCOR3D, ISAAC3D, ImageFolderDataset
 from latentquant.data.grid import factor_sweep, save_factor_grid
 from latentquant.data.shapes3d import Shapes3D
 
-DATASET_NAMES = ("shapes3d", "dsprites", "mpi3d")
+DATASET_NAMES = ("shapes3d", "dsprites", "mpi3d", "falcor3d", "isaac3d")
+PROCEDURAL = ("shapes3d", "dsprites")
+# file names looked for when --data-path is a folder (the names `latentquant data download` writes)
+_FILE_NAMES = {
+    "shapes3d": ("3dshapes.h5",),
+    "dsprites": ("dsprites_ndarray_co1sh3sc6or40x32y32_64x64.npz",),
+    "mpi3d": (
+        "real3d_complicated_shapes_ordered.npz",
+        "mpi3d_toy.npz",
+        "mpi3d_realistic.npz",
+        "mpi3d_real.npz",
+    ),
+}
 
 __all__ = [
     "DATASET_NAMES",
+    "FALCOR3D",
+    "ISAAC3D",
     "MPI3D_FACTOR_NAMES",
     "MPI3D_FACTOR_SIZES",
+    "MPI3D_GRIDS",
     "DSprites",
     "DSpritesFile",
     "GroundTruthDataset",
+    "ImageFolderDataset",
     "MPI3DFile",
     "Shapes3D",
     "Shapes3DFile",
@@ -43,21 +64,53 @@ __all__ = [
 ]
 
 
-def get_dataset(name: str, data_path: str | os.PathLike[str] | None = None) -> GroundTruthDataset:
-    """The dataset called ``name``: procedural without ``data_path``, read from the real file with it.
+def _resolve_file(name: str, path: Path) -> Path:
+    """``path`` itself, or the one known file of ``name`` inside the folder ``path``."""
+    if not path.is_dir():
+        return path
+    found = [path / f for f in _FILE_NAMES[name] if (path / f).is_file()]
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise FileNotFoundError(
+            f"{name}: no {' or '.join(_FILE_NAMES[name])} in folder {path} "
+            f"(get it with `latentquant data download {name} --dir {path}`)"
+        )
+    raise ValueError(f"{name}: folder {path} holds several files {[f.name for f in found]}; pass one of them")
+
+
+def get_dataset(
+    name: str,
+    data_path: str | os.PathLike[str] | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> GroundTruthDataset:
+    """The dataset called ``name``: procedural without ``data_path``, read from the real files with it.
 
     Args:
-        name: ``"shapes3d"``, ``"dsprites"`` or ``"mpi3d"`` (mpi3d has no procedural version).
-        data_path: ``3dshapes.h5``, the dSprites ``.npz`` or an MPI3D ``.npz``.
+        name: one of ``DATASET_NAMES``; ``mpi3d``, ``falcor3d`` and ``isaac3d`` have no procedural version.
+        data_path: ``3dshapes.h5``, the dSprites ``.npz``, an MPI3D ``.npz`` (toy/realistic/real or the
+            paper's complex one, told apart by image count), the ``Falcor3D_down128`` / ``Isaac3D_down128``
+            folder — or the folder ``latentquant data download`` wrote them to.
+        cache_dir: where Falcor3D/Isaac3D keep their 64x64 cache (default: ``latentquant.data.folders``).
     Raises:
-        ValueError: unknown name, mpi3d without a file, or a bad file.
-        FileNotFoundError: ``data_path`` does not exist.
+        ValueError: unknown name, a real-only dataset without ``data_path``, or a bad file.
+        FileNotFoundError: ``data_path`` does not exist (the message names the download command).
     """
     if name not in DATASET_NAMES:
         raise ValueError(f"dataset: expected one of {', '.join(DATASET_NAMES)}, got {name!r}")
     if data_path is None:
-        if name == "mpi3d":
-            raise ValueError("dataset mpi3d has no procedural version: pass the MPI3D .npz as data_path")
+        if name not in PROCEDURAL:
+            raise ValueError(
+                f"dataset {name} has no procedural version: get the files with "
+                f"`latentquant data download {name} --dir DIR` and pass --data-path DIR"
+            )
         return Shapes3D() if name == "shapes3d" else DSprites()
+    if name in ("falcor3d", "isaac3d"):
+        return ImageFolderDataset(data_path, FALCOR3D if name == "falcor3d" else ISAAC3D, cache_dir=cache_dir)
+    path = Path(data_path).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{name} file not found: {path} (get it with `latentquant data download {name} --dir DIR`)"
+        )
     loader = {"shapes3d": Shapes3DFile, "dsprites": DSpritesFile, "mpi3d": MPI3DFile}[name]
-    return loader(data_path)
+    return loader(_resolve_file(name, path))

@@ -1,21 +1,28 @@
-"""Loaders for the real dataset files, behind the same ``GroundTruthDataset`` interface.
+"""Loaders for the real single-file datasets, behind the same ``GroundTruthDataset`` interface.
 
 - ``Shapes3DFile``: DeepMind's ``3dshapes.h5`` — HDF5 datasets ``images`` (N, 64, 64, 3) uint8 and
   ``labels`` (N, 6) float. Read lazily with h5py (the file stays on disk; each process opens its own handle).
 - ``DSpritesFile``: ``dsprites_ndarray_co1sh3sc6or40x32y32_64x64.npz`` — ``imgs`` (N, 64, 64) uint8 of 0/1,
   ``latents_classes`` (N, 6) int with a leading constant ``color`` column, optionally ``latents_values``.
-- ``MPI3DFile``: an MPI3D ``.npz`` (toy, realistic or real) — ``images`` (N, 64, 64, 3) uint8, no labels.
+- ``MPI3DFile``: an MPI3D ``.npz`` — ``images`` (N, 64, 64, 3) uint8, no labels. The grid is told by N:
+  1,036,800 images = toy / realistic / real (6, 6, 2, 3, 3, 40, 40); 460,800 = the paper's "complex"
+  ``real3d_complicated_shapes_ordered.npz`` (4, 4, 2, 3, 3, 40, 40) (``MPI3D_GRIDS``); any other count is
+  refused with a message naming the known grids, unless ``factor_sizes`` is given (subsets, tests).
 
 The factor grid: for the two labelled files it is read from the labels (the sorted distinct values of
 each column), and the file must hold exactly one image per grid point in mixed-radix order (first factor
 slowest), which every label row is checked against. So the official files give the official grids, and a
-smaller file written in the same layout (tests, subsets) works too. MPI3D has no labels: its grid is the
-``factor_sizes`` argument (default: the official 6, 6, 2, 3, 3, 40, 40) and the image count must match it.
+smaller file written in the same layout (tests, subsets) works too. MPI3D images are stored in factor
+order (the first factor slowest), so image ``i``'s factors are ``i`` in mixed radix.
 
 Images in a ``.npz`` member stored without compression (``numpy.savez``, as the MPI3D files are) are
-memory-mapped; compressed members (the dSprites file) are loaded into memory (dSprites: 2.9 GB).
-Every problem with a file — missing, truncated or corrupt, wrong keys, shapes, dtypes, label order — raises
-``FileNotFoundError`` or ``ValueError`` naming the file and what was wrong.
+memory-mapped; compressed members (the dSprites file) are loaded into memory (dSprites: 3 GB) after
+their declared size is checked against the file and the available memory (``latentquant.data.npz``).
+HDF5 files whose datasets live in other files (external storage, external links, virtual datasets with
+sources outside the file) are refused: a crafted ``.h5`` could otherwise read any local file as pixels.
+Every problem with a file — missing, truncated or corrupt, wrong keys, shapes, dtypes, label order —
+raises ``FileNotFoundError`` or ``ValueError`` naming the file and what was wrong; a read error in the
+middle of training (a corrupt compressed chunk) is a ``ValueError`` naming the file and the image indices.
 """
 
 from __future__ import annotations
@@ -23,7 +30,6 @@ from __future__ import annotations
 import abc
 import math
 import os
-import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -33,6 +39,7 @@ import torch
 
 from latentquant.data import dsprites, shapes3d
 from latentquant.data.base import GroundTruthDataset
+from latentquant.data.npz import member_header, npz_keys, open_npz, read_member
 
 MPI3D_FACTOR_NAMES = (
     "object_color",
@@ -44,13 +51,21 @@ MPI3D_FACTOR_NAMES = (
     "vertical_axis",
 )
 MPI3D_FACTOR_SIZES = (6, 6, 2, 3, 3, 40, 40)
+# image count -> (variant, grid); images are stored in this grid's row-major order
+MPI3D_GRIDS: dict[int, tuple[str, tuple[int, ...]]] = {
+    1_036_800: ("toy/realistic/real", MPI3D_FACTOR_SIZES),
+    460_800: ("complex", (4, 4, 2, 3, 3, 40, 40)),
+}
 _VALIDATE_ROWS = 4096  # images checked for their pixel range when a file is opened
 
 
 def _existing_file(path: str | os.PathLike[str], what: str) -> Path:
     p = Path(path).expanduser()
     if not p.exists():
-        raise FileNotFoundError(f"{what} file not found: {p}")
+        raise FileNotFoundError(
+            f"{what} file not found: {p} (get it with `latentquant data download NAME --dir DIR`, "
+            "see `latentquant data download --help`)"
+        )
     if not p.is_file():
         raise ValueError(f"{what} file {p} is not a regular file")
     return p
@@ -106,61 +121,6 @@ def _hwc_to_chw(images: np.ndarray, scale: float) -> torch.Tensor:
     return x.to(torch.float32).div_(scale).contiguous()
 
 
-# --------------------------------------------------------------------------------------------- npz
-def _open_npz(path: Path) -> zipfile.ZipFile:
-    """Open a .npz; small files (< 64 MiB) also get every member's CRC checked."""
-    try:
-        archive = zipfile.ZipFile(path)
-        bad = archive.testzip() if path.stat().st_size < 64 * 2**20 else None
-    except (zipfile.BadZipFile, OSError, EOFError) as err:
-        raise ValueError(f"{path}: not a readable .npz (zip) file — truncated or corrupt? ({err})") from err
-    if bad is not None:
-        raise ValueError(f"{path}: corrupt .npz: member '{bad}' fails its CRC check")
-    return archive
-
-
-def _npz_keys(archive: zipfile.ZipFile) -> list[str]:
-    return sorted(n[: -len(".npy")] for n in archive.namelist() if n.endswith(".npy"))
-
-
-def _npz_array(path: Path, archive: zipfile.ZipFile, key: str) -> np.ndarray:
-    """Member ``key`` of a .npz: memory-mapped when stored uncompressed, else read into memory."""
-    info = archive.getinfo(f"{key}.npy")
-    try:
-        mapped = _stored_memmap(path, info) if info.compress_type == zipfile.ZIP_STORED else None
-        if mapped is not None:
-            return mapped
-        with archive.open(info) as member:
-            return np.lib.format.read_array(member, allow_pickle=False)
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
-        raise ValueError(f"{path}: member '{key}' is not a readable .npy array ({err})") from err
-
-
-def _stored_memmap(path: Path, info: zipfile.ZipInfo) -> np.memmap | None:
-    """Memory-map an uncompressed .npy zip member; None when its layout cannot be mapped (then read it)."""
-    with open(path, "rb") as raw:
-        raw.seek(info.header_offset)
-        local = raw.read(30)
-        if local[:4] != b"PK\x03\x04":
-            raise ValueError("bad zip local header signature")
-        start = info.header_offset + 30 + int.from_bytes(local[26:28], "little")
-        start += int.from_bytes(local[28:30], "little")
-        raw.seek(start)
-        version = np.lib.format.read_magic(raw)
-        if version == (1, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(raw)
-        elif version == (2, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_2_0(raw)
-        else:
-            return None
-        offset = raw.tell()
-    if dtype.hasobject or fortran:
-        return None
-    if offset + dtype.itemsize * math.prod(shape) > start + info.file_size:
-        raise ValueError("array data runs past the end of its zip member (truncated)")
-    return np.memmap(path, dtype=dtype, mode="r", shape=shape, offset=offset)
-
-
 def _require_keys(path: Path, keys: list[str], required: Sequence[str], dataset: str) -> None:
     missing = [k for k in required if k not in keys]
     if missing:
@@ -188,8 +148,43 @@ class _FileDataset(GroundTruthDataset):
     def _render(self, factors: torch.Tensor) -> torch.Tensor:
         index = self.factors_to_index(factors).numpy()
         unique, inverse = np.unique(index, return_inverse=True)  # h5py reads increasing indices
-        images = np.asarray(self._images()[unique])
+        try:
+            images = np.asarray(self._images()[unique])
+        except OSError as err:  # a corrupt compressed chunk, a file truncated or removed since opening
+            shown = ", ".join(str(i) for i in unique[:8]) + (", ..." if len(unique) > 8 else "")
+            raise ValueError(
+                f"{self.path}: cannot read the images at indices [{shown}] — corrupt or truncated file? ({err})"
+            ) from err
         return _hwc_to_chw(images, self._pixel_scale)[torch.from_numpy(inverse)]
+
+
+def _h5_dataset(path: Path, f: h5py.File, key: str) -> h5py.Dataset:
+    """``f[key]`` checked to be a dataset whose bytes all live inside ``path``.
+
+    Refused: an external link (the name points into another file), a group, external raw storage
+    (``H5Pset_external``: the bytes are read from other files) and a virtual dataset with a source
+    outside this file.
+    """
+    link = f.get(key, getlink=True)
+    if isinstance(link, h5py.ExternalLink):
+        raise ValueError(
+            f"{path}: '{key}' is an external link to {link.filename}:{link.path}; refusing to read other files"
+        )
+    obj = f[key]
+    if not isinstance(obj, h5py.Dataset):
+        raise ValueError(f"{path}: '{key}' is an HDF5 {type(obj).__name__.lower()}, expected a dataset")
+    if obj.external:
+        files = sorted({str(entry[0]) for entry in obj.external})
+        raise ValueError(
+            f"{path}: dataset '{key}' stores its data in external files {files}; refusing to read other files"
+        )
+    if obj.is_virtual:
+        outside = sorted({vs.file_name for vs in obj.virtual_sources() if vs.file_name != "."})
+        if outside:
+            raise ValueError(
+                f"{path}: virtual dataset '{key}' maps data from {outside}; refusing to read other files"
+            )
+    return obj
 
 
 class Shapes3DFile(_FileDataset):
@@ -200,8 +195,9 @@ class Shapes3DFile(_FileDataset):
             product of the factor sizes found in the labels (480,000 in the official file).
     Raises:
         FileNotFoundError: no such file.
-        ValueError: not HDF5 (truncated or corrupt), missing datasets, wrong shape or dtype, labels not in
-            mixed-radix order.
+        ValueError: not HDF5 (truncated or corrupt), missing datasets, a group where a dataset belongs,
+            data stored outside the file, wrong shape or dtype, labels not in mixed-radix order, an
+            unreadable first or last image (checked when opening).
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
@@ -212,7 +208,7 @@ class Shapes3DFile(_FileDataset):
                 raise ValueError(
                     f"{self.path}: not a 3dshapes file: found datasets {keys}, expected 'images' and 'labels'"
                 )
-            images, labels = f["images"], f["labels"]
+            images, labels = _h5_dataset(self.path, f, "images"), _h5_dataset(self.path, f, "labels")
             _check_array(self.path, "images", images, (None, None, None, 3), "uint8")
             _check_array(self.path, "labels", labels, (len(images), 6), "number")
             try:
@@ -221,6 +217,13 @@ class Shapes3DFile(_FileDataset):
                 raise ValueError(
                     f"{self.path}: cannot read 'labels' — truncated or corrupt? ({err})"
                 ) from err
+            for i in {0, len(images) - 1} if len(images) else ():
+                try:
+                    images[i]
+                except OSError as err:
+                    raise ValueError(
+                        f"{self.path}: cannot read 'images'[{i}] — truncated or corrupt? ({err})"
+                    ) from err
             image_shape = (3, *images.shape[1:3])
         uniques, classes = zip(*(np.unique(col, return_inverse=True) for col in values.T))
         sizes = _mixed_radix_grid(self.path, np.stack(classes, axis=1), shapes3d.FACTOR_NAMES)
@@ -261,14 +264,20 @@ class DSpritesFile(_FileDataset):
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = _existing_file(path, "dSprites")
-        with _open_npz(self.path) as archive:
-            keys = _npz_keys(archive)
+        with open_npz(self.path) as archive:
+            keys = npz_keys(archive)
             _require_keys(self.path, keys, ("imgs", "latents_classes"), "dSprites")
-            classes = _npz_array(self.path, archive, "latents_classes")
+            classes = read_member(self.path, archive, "latents_classes")
             _check_array(self.path, "latents_classes", classes, (None, 6), "integer")
-            imgs = _npz_array(self.path, archive, "imgs")
-            _check_array(self.path, "imgs", imgs, (len(classes), None, None), "uint8")
-            values = _npz_array(self.path, archive, "latents_values") if "latents_values" in keys else None
+            values = read_member(self.path, archive, "latents_values") if "latents_values" in keys else None
+            _check_array(
+                self.path,
+                "imgs",
+                member_header(self.path, archive, "imgs"),
+                (len(classes), None, None),
+                "uint8",
+            )
+            imgs = read_member(self.path, archive, "imgs")
         classes = np.asarray(classes, dtype=np.int64)
         if len(classes) and (classes[:, 0] != classes[0, 0]).any():
             raise ValueError(f"{self.path}: 'latents_classes' column 0 (color) should be constant")
@@ -294,32 +303,48 @@ class DSpritesFile(_FileDataset):
 
 
 class MPI3DFile(_FileDataset):
-    """An MPI3D ``.npz`` (``images`` (N, H, W, 3) uint8, N = product of ``factor_sizes``), memory-mapped.
+    """An MPI3D ``.npz`` (``images`` (N, H, W, 3) uint8 in factor order), memory-mapped.
 
     Args:
         path: the ``.npz`` file.
-        factor_sizes: the grid, in the order of ``MPI3D_FACTOR_NAMES``; default the official
-            (6, 6, 2, 3, 3, 40, 40) = 1,036,800 images.
+        factor_sizes: the grid, in the order of ``MPI3D_FACTOR_NAMES``; default (None): told by the image
+            count from ``MPI3D_GRIDS`` (1,036,800 → toy/realistic/real, 460,800 → complex).
+    Attributes:
+        variant: ``"toy/realistic/real"``, ``"complex"`` or ``"custom"`` (``factor_sizes`` given).
+    Raises:
+        ValueError: no ``images`` member, wrong shape or dtype, or an image count that fits no known grid
+            (or not ``factor_sizes``); the message names the known grids.
     """
 
-    def __init__(
-        self, path: str | os.PathLike[str], factor_sizes: Sequence[int] = MPI3D_FACTOR_SIZES
-    ) -> None:
+    def __init__(self, path: str | os.PathLike[str], factor_sizes: Sequence[int] | None = None) -> None:
         self.path = _existing_file(path, "MPI3D")
-        if len(factor_sizes) != len(MPI3D_FACTOR_NAMES):
+        if factor_sizes is not None and len(factor_sizes) != len(MPI3D_FACTOR_NAMES):
             raise ValueError(
                 f"factor_sizes: expected {len(MPI3D_FACTOR_NAMES)} sizes for {MPI3D_FACTOR_NAMES}, "
                 f"got {tuple(factor_sizes)}"
             )
-        with _open_npz(self.path) as archive:
-            _require_keys(self.path, _npz_keys(archive), ("images",), "MPI3D")
-            images = _npz_array(self.path, archive, "images")
+        with open_npz(self.path) as archive:
+            _require_keys(self.path, npz_keys(archive), ("images",), "MPI3D")
+            images = read_member(self.path, archive, "images")
         _check_array(self.path, "images", images, (None, None, None, 3), "uint8")
-        if len(images) != math.prod(factor_sizes):
-            raise ValueError(
-                f"{self.path}: has {len(images)} images, expected {math.prod(factor_sizes)} = product of "
-                f"factor_sizes {dict(zip(MPI3D_FACTOR_NAMES, factor_sizes))} (pass factor_sizes for a subset)"
-            )
+        if factor_sizes is None:
+            if len(images) not in MPI3D_GRIDS:
+                known = "; ".join(
+                    f"{variant} {dict(zip(MPI3D_FACTOR_NAMES, grid))} = {n:,} images"
+                    for n, (variant, grid) in MPI3D_GRIDS.items()
+                )
+                raise ValueError(
+                    f"{self.path}: has {len(images):,} images, which fits no known MPI3D grid ({known}); "
+                    "pass factor_sizes for a subset"
+                )
+            self.variant, factor_sizes = MPI3D_GRIDS[len(images)]
+        else:
+            self.variant = "custom"
+            if len(images) != math.prod(factor_sizes):
+                raise ValueError(
+                    f"{self.path}: has {len(images)} images, expected {math.prod(factor_sizes)} = product of "
+                    f"factor_sizes {dict(zip(MPI3D_FACTOR_NAMES, factor_sizes))}"
+                )
         values = [np.arange(s, dtype=np.float64) for s in factor_sizes]
         super().__init__("mpi3d", MPI3D_FACTOR_NAMES, factor_sizes, values, (3, *images.shape[1:3]))
         self._images_array = images

@@ -43,22 +43,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _load(path: Path) -> tuple[np.ndarray, np.ndarray, list[str] | None]:
+    """Read only ``sources``, ``latents`` and ``source_names`` from the .npz, each member's declared size
+    checked against the file and the available memory before anything is allocated."""
     from latentquant.cli import UsageError
+    from latentquant.data.npz import npz_keys, open_npz, read_member
 
     if not path.is_file():
         raise UsageError(f"{path}: no such file")
     if not zipfile.is_zipfile(path):
         raise UsageError(f"{path}: not an .npz archive (expected np.savez output)")
     try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {name: data[name] for name in data.files}
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError) as err:
-        raise UsageError(f"{path}: not a readable .npz file ({err})") from err
-    missing = [name for name in ("sources", "latents") if name not in arrays]
-    if missing:
-        raise UsageError(f"{path}: missing array(s) {missing}; found {sorted(arrays)}")
-    names = arrays.get("source_names")
-    return arrays["sources"], arrays["latents"], None if names is None else [str(n) for n in names]
+        with open_npz(path) as archive:
+            keys = npz_keys(archive)
+            missing = [name for name in ("sources", "latents") if name not in keys]
+            if missing:
+                raise UsageError(f"{path}: missing array(s) {missing}; found {keys}")
+            sources = np.asarray(read_member(path, archive, "sources", mmap=False))
+            latents = np.asarray(read_member(path, archive, "latents", mmap=False))
+            names = read_member(path, archive, "source_names", mmap=False) if "source_names" in keys else None
+    except ValueError as err:
+        raise UsageError(str(err)) from err
+    return sources, latents, None if names is None else [str(n) for n in names]
 
 
 def run(args: argparse.Namespace) -> int:

@@ -54,8 +54,20 @@ def psnr(reconstructions: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
 
 
 def evaluation_factors(dataset: Any, num_samples: int, seed: int) -> torch.Tensor:
-    """The evaluation sample's factors: ``num_samples`` uniform draws from the factor grid, fixed by ``seed``."""
-    return dataset.sample_factors(num_samples, torch.Generator().manual_seed(int(seed)))
+    """The evaluation set's factors: ``num_samples`` distinct images of ``dataset``, fixed by ``seed``.
+
+    As the authors evaluate: a fixed subset drawn WITHOUT replacement, the first ``num_samples`` images of
+    a seeded shuffle of the whole dataset (``torch.randperm`` with ``seed``; the default ``eval_seed``
+    20230228 is the authors' data seed). The authors take the first 10,000 images of their
+    tensorflow-datasets copy, whose order tfds fixes when it writes the files: the same protocol (a fixed
+    set of distinct images), not the same 10,000 images. A dataset smaller than ``num_samples`` is
+    evaluated on all its images, once each. Procedural and real datasets are treated alike.
+
+    Returns:
+        ``(min(num_samples, len(dataset)), F)`` int64 factor indices, in shuffled order.
+    """
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(int(seed)))
+    return dataset.index_to_factors(order[: min(int(num_samples), len(dataset))])
 
 
 @torch.no_grad()
