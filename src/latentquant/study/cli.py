@@ -38,6 +38,125 @@ def register(subparsers: Any) -> None:
     )
     table.set_defaults(func=_table)
 
+    sweep = subparsers.add_parser(
+        "sweep",
+        help="train a grid of models x datasets x seeds through submitit (local processes or Slurm)",
+        description="Expand models x datasets x seeds (x overrides given as key=v1,v2,...) into run directories "
+        "OUT/<model>-<dataset>[-<key>=<value>...]-seed<seed> and train them through submitit: runs that are "
+        "complete are skipped, runs with a checkpoint resume, the others start. Run the same command again to "
+        "continue a sweep. A failed run is reported with its log and does not stop the others.",
+        epilog=_SWEEP_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sweep.add_argument("--models", required=True, help="comma-separated zoo models (e.g. qlae,ae,beta_vae)")
+    sweep.add_argument("--datasets", required=True, help="comma-separated datasets (e.g. shapes3d,dsprites)")
+    sweep.add_argument("--seeds", default="0", help="seeds: '0-6', '0,1,2' or '0-2,7' (default: 0)")
+    sweep.add_argument(
+        "--config", type=Path, help="YAML file of settings for every run (as latentquant train)"
+    )
+    sweep.add_argument("--out", type=Path, required=True, help="the sweep's folder (one directory per run)")
+    sweep.add_argument(
+        "--launcher", choices=("local", "slurm"), default="local", help="submitit executor (default: local)"
+    )
+    sweep.add_argument(
+        "--max-parallel",
+        type=int,
+        help="runs at once (local default: 1; Slurm: the job array's parallelism, default unlimited); "
+        "local runs get cores // max-parallel threads each",
+    )
+    sweep.add_argument(
+        "--timeout-min", type=int, help="time limit per run in minutes (Slurm default: 3 days)"
+    )
+    slurm = sweep.add_argument_group("Slurm (with --launcher slurm)")
+    slurm.add_argument("--partition", help="Slurm partition")
+    slurm.add_argument("--gpus-per-node", type=int, default=0, help="GPUs per run (default: 0)")
+    slurm.add_argument("--cpus-per-task", type=int, help="CPUs per run (also the run's torch threads)")
+    slurm.add_argument("--mem-gb", type=float, help="memory per run in GB")
+    slurm.add_argument(
+        "--slurm",
+        action="append",
+        default=[],
+        metavar="NAME:VALUE",
+        help="any other submitit Slurm parameter, e.g. --slurm account:myproject --slurm qos:high "
+        "(becomes slurm_account=..., slurm_qos=...); repeatable",
+    )
+    slurm.add_argument("--no-wait", action="store_true", help="return after submitting (Slurm)")
+    sweep.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="settings for every run (as latentquant train); key=v1,v2 sweeps the key",
+    )
+    sweep.set_defaults(func=_sweep)
+
+
+_SWEEP_EPILOG = """examples:
+  latentquant sweep --models qlae,ae,beta_vae,beta_tcvae,bioae --datasets shapes3d --seeds 0-4 \\
+      --config configs/demo.yaml --out runs/study --max-parallel 2
+  latentquant sweep --models qlae --datasets shapes3d --seeds 0-2 lr=0.001,0.0003 --out runs/lr
+  latentquant sweep --models qlae,ae --datasets shapes3d,mpi3d --seeds 0-6 --launcher slurm \\
+      --partition gpu --gpus-per-node 1 --cpus-per-task 8 --timeout-min 1440 --out runs/paper
+  latentquant table runs/study"""
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from latentquant.data import DATASET_NAMES
+    from latentquant.study.sweep import (
+        SUBMITIT_FOLDER,
+        command_line,
+        expand_grid,
+        make_executor,
+        parse_names,
+        parse_seeds,
+        run_sweep,
+        summarize,
+        thread_budget,
+    )
+    from latentquant.train.config import load_yaml_config, resolve_config
+    from latentquant.zoo import MODELS
+
+    models = parse_names(args.models, "--models", list(MODELS))
+    datasets = parse_names(args.datasets, "--datasets", list(DATASET_NAMES))
+    seeds = parse_seeds(args.seeds)
+    if args.max_parallel is not None and args.max_parallel < 1:
+        raise UsageError(f"--max-parallel must be >= 1, got {args.max_parallel}")
+    base = load_yaml_config(args.config) if args.config is not None else {}
+    specs = expand_grid(models, datasets, seeds, args.out, args.overrides, base)
+    for spec in specs:  # every run's settings are checked before anything starts
+        try:
+            resolve_config(spec.settings)
+        except ValueError as err:
+            raise UsageError(f"run {spec.name}: {err}") from err
+    slurm_args = {}
+    for item in args.slurm:
+        name, sep, value = item.partition(":")
+        if not sep or not name:
+            raise UsageError(f"--slurm expects NAME:VALUE, got {item!r}")
+        slurm_args[name if name.startswith("slurm_") else f"slurm_{name}"] = value
+    local = args.launcher == "local"
+    max_parallel = args.max_parallel or (1 if local else None)
+    executor = make_executor(
+        args.launcher,
+        args.out / SUBMITIT_FOLDER,
+        timeout_min=args.timeout_min,
+        partition=args.partition,
+        gpus_per_node=args.gpus_per_node,
+        cpus_per_task=args.cpus_per_task,
+        mem_gb=args.mem_gb,
+        max_parallel=None if local else max_parallel,
+        slurm_args=slurm_args,
+    )
+    threads = thread_budget(max_parallel) if local else args.cpus_per_task
+    if local:
+        print(f"{len(specs)} runs in {args.out}, {max_parallel} at a time, {threads} thread(s) each")
+    report = run_sweep(
+        specs, executor, args.launcher, max_parallel or 1, threads, wait=not args.no_wait, echo=print
+    )
+    print(summarize(report, len(specs), command_line()))
+    if report.failed:
+        return 1
+    return 130 if (report.interrupted or report.not_started) else 0
+
 
 def _table(args: argparse.Namespace) -> int:
     from latentquant.study.table import collect_runs, compute_table, format_problems, render

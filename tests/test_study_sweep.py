@@ -1,0 +1,280 @@
+"""latentquant.study.sweep: grid expansion and names, seeds and sweep syntax, thread budget, run states
+(skip / resume / new), failure reporting, executor set-up; one real local submitit sweep (heavy)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from latentquant.cli import main
+from latentquant.study.sweep import (
+    expand_grid,
+    expand_overrides,
+    make_executor,
+    parse_names,
+    parse_seeds,
+    run_state,
+    run_sweep,
+    split_sweep_values,
+    thread_budget,
+)
+
+TINY = [
+    "encoder=tiny",
+    "decoder=tiny",
+    "steps=4",
+    "batch_size=8",
+    "eval_samples=200",
+    "eval_every=0",
+    "log_every=2",
+    "checkpoint_every=2",
+    "device=cpu",
+]
+
+
+def test_parse_seeds():
+    assert parse_seeds("0-6") == list(range(7))
+    assert parse_seeds("0,2,5") == [0, 2, 5]
+    assert parse_seeds("0-2, 7") == [0, 1, 2, 7]
+    for bad in ("", "a", "3-1", "0,0", "-1", "1-"):
+        with pytest.raises(ValueError, match="--seeds"):
+            parse_seeds(bad)
+
+
+def test_parse_names_checks_the_registry():
+    assert parse_names("qlae, ae", "--models", ["qlae", "ae", "vae"]) == ["qlae", "ae"]
+    with pytest.raises(ValueError, match=r"--models: unknown \['gan'\]"):
+        parse_names("qlae,gan", "--models", ["qlae", "ae"])
+    with pytest.raises(ValueError, match="twice"):
+        parse_names("qlae,qlae", "--models", None)
+
+
+def test_sweep_syntax_splits_outside_brackets():
+    assert split_sweep_values("1,2") == ["1", "2"]
+    assert split_sweep_values("[1,2]") == ["[1,2]"]
+    assert split_sweep_values("[1,2],[3]") == ["[1,2]", "[3]"]
+    assert split_sweep_values("'a,b'") == ["'a,b'"]
+    fixed, swept = expand_overrides(["steps=10", "lr=0.001,0.0003"])
+    assert fixed == ["steps=10"] and swept == [("lr", ["lr=0.001", "lr=0.0003"])]
+    for bad, match in (("seed=0,1", "--seeds"), ("lr=1,,2", "empty value"), ("nokey", "key=value")):
+        with pytest.raises(ValueError, match=match):
+            expand_overrides([bad])
+    with pytest.raises(ValueError, match="twice"):
+        expand_overrides(["lr=1", "lr=2"])
+
+
+def test_expand_grid_names_and_settings(tmp_path):
+    specs = expand_grid(
+        ["qlae", "beta_vae"],
+        ["shapes3d"],
+        [0, 1],
+        tmp_path,
+        ["steps=10", "model_args.num_values=8,12"],
+        base={"batch_size": 32, "steps": 5},
+    )
+    names = [s.name for s in specs]
+    assert len(specs) == 8
+    assert names[:4] == [
+        "qlae-shapes3d-model_args.num_values=8-seed0",
+        "qlae-shapes3d-model_args.num_values=8-seed1",
+        "qlae-shapes3d-model_args.num_values=12-seed0",
+        "qlae-shapes3d-model_args.num_values=12-seed1",
+    ]
+    first = specs[0]
+    assert first.run_dir == tmp_path / first.name
+    assert first.settings["model"] == "qlae" and first.settings["seed"] == 0
+    assert first.settings["steps"] == 10 and first.settings["batch_size"] == 32  # override > base
+    assert first.settings["model_args"] == {"num_values": 8}
+    plain = expand_grid(["ae"], ["dsprites"], [3], tmp_path)
+    assert [s.name for s in plain] == ["ae-dsprites-seed3"]
+
+
+def test_thread_budget():
+    assert thread_budget(1, cores=2) == 2
+    assert thread_budget(2, cores=2) == 1
+    assert thread_budget(3, cores=2) == 1
+    assert thread_budget(2, cores=16) == 8
+
+
+def _fake_run(run_dir: Path, steps_done: int | None, checkpoint: bool = True) -> None:
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text("model: qlae\n")
+    if checkpoint:
+        (run_dir / "checkpoint.safetensors").write_bytes(b"x")
+    if steps_done is not None:
+        (run_dir / "metrics.json").write_text(json.dumps({"model": "qlae", "steps": steps_done}))
+
+
+def test_run_state(tmp_path):
+    settings = {"model": "qlae", "steps": 100}
+    assert run_state(tmp_path / "none", settings) == "new"
+    _fake_run(tmp_path / "started", None, checkpoint=False)
+    assert run_state(tmp_path / "started", settings) == "new"  # died before its first checkpoint
+    _fake_run(tmp_path / "partial", None)
+    assert run_state(tmp_path / "partial", settings) == "resume"
+    _fake_run(tmp_path / "done", 100)
+    assert run_state(tmp_path / "done", settings) == "complete"
+    assert run_state(tmp_path / "done", {**settings, "steps": 200}) == "resume"  # extended: continue it
+
+
+class _Job:
+    def __init__(self, fn, args, fail: bool) -> None:
+        self.job_id = str(id(self))
+        self.fn, self.args, self.fail = fn, args, fail
+        self.paths = type("P", (), {"stdout": Path(f"/logs/{self.job_id}.out"), "stderr": Path("/x")})()
+
+    def done(self) -> bool:
+        return True
+
+    def result(self):
+        if self.fail:
+            raise RuntimeError("Job failed\nValueError: boom")
+        return {"state": "complete", "step": 4, "metrics": {"infom": 0.5}}
+
+
+class _Executor:
+    """Records submissions instead of running them (the heavy test runs submitit for real)."""
+
+    def __init__(self, folder: Path, fail: set[str]) -> None:
+        self.folder, self.fail, self.calls = folder, fail, []
+
+    def submit(self, fn, settings, run_dir, num_threads, pid_file):
+        self.calls.append((settings, run_dir, num_threads, pid_file))
+        return _Job(fn, (settings, run_dir), Path(run_dir).name in self.fail)
+
+
+def test_run_sweep_skips_complete_runs_and_reports_failures(tmp_path):
+    specs = expand_grid(["qlae", "ae"], ["shapes3d"], [0, 1], tmp_path, ["steps=100"])
+    _fake_run(specs[0].run_dir, 100)  # complete
+    _fake_run(specs[1].run_dir, None)  # resumable
+    executor = _Executor(tmp_path / ".submitit", fail={"ae-shapes3d-seed0"})
+    lines: list[str] = []
+    report = run_sweep(specs, executor, "local", max_parallel=2, num_threads=1, echo=lines.append)
+    assert report.skipped == ["qlae-shapes3d-seed0"]
+    assert sorted(report.completed) == ["ae-shapes3d-seed1", "qlae-shapes3d-seed1"]
+    assert list(report.failed) == ["ae-shapes3d-seed0"]
+    assert "ValueError: boom" in report.failed["ae-shapes3d-seed0"]
+    assert "/logs/" in report.failed["ae-shapes3d-seed0"]
+    assert [Path(c[1]).name for c in executor.calls] == [s.name for s in specs[1:]]
+    assert all(c[0]["num_threads"] == 1 and c[2] == 1 for c in executor.calls)
+    assert any(line.startswith("FAILED") and "log:" in line for line in lines)
+
+
+def test_run_sweep_keeps_a_runs_own_num_threads(tmp_path):
+    specs = expand_grid(["qlae"], ["shapes3d"], [0], tmp_path, ["num_threads=3"])
+    executor = _Executor(tmp_path, fail=set())
+    run_sweep(specs, executor, "local", max_parallel=2, num_threads=1, echo=lambda _: None)
+    assert executor.calls[0][0]["num_threads"] == 3
+
+
+def test_slurm_executor_parameters(tmp_path, monkeypatch):
+    import submitit.slurm.slurm
+
+    with pytest.raises(ValueError, match="--launcher slurm"):  # no srun on this machine
+        make_executor("slurm", tmp_path)
+    monkeypatch.setattr(submitit.slurm.slurm.SlurmExecutor, "affinity", staticmethod(lambda: 1))
+    executor = make_executor(
+        "slurm",
+        tmp_path,
+        timeout_min=60,
+        partition="gpu",
+        gpus_per_node=1,
+        cpus_per_task=8,
+        max_parallel=4,
+        slurm_args={"slurm_account": "proj"},
+    )
+    params = executor._executor.parameters
+    assert params["partition"] == "gpu" and params["time"] == 60 and params["gpus_per_node"] == 1
+    assert params["cpus_per_task"] == 8 and params["array_parallelism"] == 4 and params["account"] == "proj"
+    with pytest.raises(ValueError, match="--launcher"):
+        make_executor("pbs", tmp_path)
+
+
+def test_cli_refuses_unknown_models_and_bad_settings_before_starting(tmp_path, capsys):
+    assert main(["sweep", "--models", "qlae,nope", "--datasets", "shapes3d", "--out", str(tmp_path)]) == 2
+    assert "unknown ['nope']" in capsys.readouterr().err
+    args = ["sweep", "--models", "qlae", "--datasets", "shapes3d", "--out", str(tmp_path), "steps=abc"]
+    assert main(args) == 2
+    assert "steps" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
+# ------------------------------------------------------------------------------------------- heavy
+def _sweep_command(out: Path, steps: int, seeds: str = "0") -> list[str]:
+    overrides = [t for t in TINY if not t.startswith(("steps=", "checkpoint_every="))]
+    return [
+        sys.executable,
+        "-m",
+        "latentquant.cli",
+        "sweep",
+        "--models",
+        "qlae,ae",
+        "--datasets",
+        "shapes3d",
+        "--seeds",
+        seeds,
+        "--out",
+        str(out),
+        "--max-parallel",
+        "2",
+        *overrides,
+        f"steps={steps}",
+        f"checkpoint_every={max(2, steps // 4)}",
+    ]
+
+
+@pytest.mark.heavy
+def test_local_sweep_runs_skips_and_resumes(tmp_path):
+    out = tmp_path / "study"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    done = subprocess.run(_sweep_command(out, 4), capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    for name in ("qlae-shapes3d-seed0", "ae-shapes3d-seed0"):
+        metrics = json.loads((out / name / "metrics.json").read_text())
+        assert metrics["steps"] == 4 and metrics["model"] == name.split("-")[0]
+        assert "num_threads: 1" in (out / name / "config.yaml").read_text()  # 2 cores // 2 runs
+    again = subprocess.run(_sweep_command(out, 4), capture_output=True, text=True, env=env, timeout=600)
+    assert again.returncode == 0 and "2 already complete" in again.stdout
+    longer = subprocess.run(_sweep_command(out, 6), capture_output=True, text=True, env=env, timeout=600)
+    assert longer.returncode == 0, longer.stdout
+    assert "0 already complete, 2 completed now" in longer.stdout
+    log = [json.loads(line) for line in (out / "ae-shapes3d-seed0" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if r["kind"] == "train"] == [2, 4, 6]  # resumed at 4, not restarted
+    assert main(["table", str(out), "--format", "json"]) == 0
+
+
+@pytest.mark.heavy
+def test_local_sweep_ctrl_c_leaves_runs_resumable(tmp_path):
+    out = tmp_path / "study"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # like a terminal's Ctrl-C: SIGINT to the sweep's whole process group
+    proc = subprocess.Popen(
+        _sweep_command(out, 100_000, seeds="0,1"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
+    deadline = time.time() + 300
+    logs = [out / n / "log.jsonl" for n in ("qlae-shapes3d-seed0", "qlae-shapes3d-seed1")]
+    while time.time() < deadline and not all(p.is_file() and p.read_text() for p in logs):
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGINT)
+    text, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 130, text
+    assert "2 interrupted" in text and "2 not started" in text, text
+    from latentquant.train.checkpoint import load_checkpoint
+
+    for name in ("qlae-shapes3d-seed0", "qlae-shapes3d-seed1"):
+        step = load_checkpoint(out / name / "checkpoint.safetensors").step
+        assert 0 < step < 100_000
+        assert run_state(out / name, {"model": "qlae", "steps": 100_000}) == "resume"
+    assert not (out / "ae-shapes3d-seed0").exists()
