@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -10,8 +11,14 @@ import numpy as np
 import torch
 
 from latentquant import mi
+from latentquant.mi import _inputs as mi_inputs
 
 ArrayLike = np.ndarray | torch.Tensor
+
+# The swapped-arguments warning: sources with more than SWAP_MIN_DISTINCT distinct values in a column (real factor
+# grids have at most 40) and over SWAP_RATIO times the distinct values of every latent.
+SWAP_RATIO = 10
+SWAP_MIN_DISTINCT = 100
 
 
 def as_2d(name: str, x: object) -> ArrayLike:
@@ -25,12 +32,19 @@ def as_2d(name: str, x: object) -> ArrayLike:
     return x
 
 
-def check_pair(sources: object, latents: object) -> tuple[ArrayLike, torch.Tensor]:
-    """Validate a (sources, latents) pair; latents come back as a float64 tensor on their own device.
+def check_pair(
+    sources: object, latents: object, continuous_sources: bool = False
+) -> tuple[ArrayLike, torch.Tensor]:
+    """Validate a (sources, latents) pair; latents come back as a detached float64 tensor on their own device.
+
+    Refuses NaN/Inf in either, and float sources that look continuous (not whole numbers, and more than half the
+    samples distinct in a column: sources must be discrete factor indices or values of a finite grid) unless
+    ``continuous_sources`` (SAP's continuous mode). Warns when the arguments look
+    swapped (sources with over 10x more distinct values per column than any latent, and over 100).
 
     Args:
         sources: ground-truth factors, any dtype (numpy or torch).
-        latents: the representation, numeric and finite.
+        latents: the representation, numeric and finite (``requires_grad`` tensors are detached).
 
     Returns:
         (sources, latents) with sources as given (2-D) and latents a float64 tensor.
@@ -50,10 +64,56 @@ def check_pair(sources: object, latents: object) -> tuple[ArrayLike, torch.Tenso
         latents = torch.from_numpy(np.ascontiguousarray(latents, dtype=np.float64))
     elif latents.is_complex():
         raise ValueError(f"latents must be real numbers, got dtype {latents.dtype}")
-    latents = latents.to(torch.float64)
-    if not bool(torch.isfinite(latents).all()):
-        raise ValueError("latents contain NaN or Inf")
+    latents = latents.detach().to(torch.float64)
+    bad = (~torch.isfinite(latents)).any(dim=0).nonzero().flatten().tolist()
+    if bad:
+        raise ValueError(f"latents contain NaN or Inf (columns {bad})")
+    _check_sources(sources, latents, continuous_sources)
     return sources, latents
+
+
+def _distinct_per_column(x: ArrayLike) -> list[int]:
+    if isinstance(x, torch.Tensor):
+        return [int(torch.unique(x[:, j]).numel()) for j in range(x.shape[1])]
+    return [len(np.unique(x[:, j])) for j in range(x.shape[1])]
+
+
+def _check_sources(sources: ArrayLike, latents: torch.Tensor, continuous_sources: bool) -> None:
+    """Sources must be finite discrete factors; warn when they and the latents look swapped."""
+    if isinstance(sources, np.ndarray) and sources.dtype.kind not in "biuf":
+        return  # labels (strings, objects): discrete by nature
+    is_float = sources.is_floating_point() if isinstance(sources, torch.Tensor) else sources.dtype.kind == "f"
+    if is_float:
+        finite = torch.isfinite(torch.as_tensor(sources))
+        bad = (~finite).any(dim=0).nonzero().flatten().tolist()
+        if bad:
+            raise ValueError(
+                f"sources contain NaN or Inf (columns {bad}); drop those samples or give missing factor values a "
+                "class of their own (an integer code)"
+            )
+    n = sources.shape[0]
+    source_distinct = _distinct_per_column(sources)
+    most_source, most_latent = max(source_distinct), max(_distinct_per_column(latents))
+    swap = (
+        f"did you swap the arguments? The order is (sources, latents); these sources take up to {most_source} "
+        f"distinct values per column, the latents at most {most_latent}"
+        if most_source > SWAP_RATIO * most_latent and most_source > SWAP_MIN_DISTINCT
+        else ""
+    )
+    continuous = []
+    if is_float and not continuous_sources:
+        whole = (torch.as_tensor(sources).frac() == 0).all(dim=0).tolist()
+        continuous = [j for j, d in enumerate(source_distinct) if d > n / 2 and not whole[j]]
+    if continuous:
+        raise ValueError(
+            f"sources columns {continuous} look continuous (float values, "
+            f"{', '.join(str(source_distinct[j]) for j in continuous)} distinct of {n} samples): sources must be "
+            "discrete factor indices or values of a finite grid. Bin a continuous factor first, e.g. into 20 "
+            "quantile bins: np.digitize(s, np.quantile(s, np.linspace(0, 1, 21)[1:-1]))"
+            + (f". Or {swap}" if swap else "")
+        )
+    if swap:
+        warnings.warn(f"sources have far more distinct values than the latents: {swap}", stacklevel=4)
 
 
 @dataclass
@@ -113,6 +173,9 @@ def encode_sources(sources: ArrayLike, device: torch.device | None = None) -> En
 def standardize(x: torch.Tensor, rows: np.ndarray | None = None) -> torch.Tensor:
     """Per column ``(x - mean) / std`` with the population std (as StandardScaler; constant columns → 0).
 
+    A column whose variance overflows float64 (|values| ~1e154 or more) is divided by its largest |value| first,
+    which leaves the standardized result unchanged (instead of all 0).
+
     Args:
         x: values.
         rows: compute mean and std on these rows only (a training split); default all rows.
@@ -120,6 +183,7 @@ def standardize(x: torch.Tensor, rows: np.ndarray | None = None) -> torch.Tensor
     Shapes:
         x (N, L).
     """
+    x = mi_inputs.rescale_overflowing(x)
     fit_on = x if rows is None else x[torch.as_tensor(rows, device=x.device)]
     mean = fit_on.mean(dim=0)
     std = fit_on.std(dim=0, correction=0)

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from sklearn import ensemble
 
+from latentquant._progress import progress
 from latentquant.metrics._inputs import (
     EncodedSources,
     check_pair,
@@ -86,7 +87,7 @@ def disentanglement_completeness(importance: np.ndarray) -> tuple[float, float]:
 def _gbt(codes: np.ndarray, x: np.ndarray, train: np.ndarray, test: np.ndarray, seed: int):
     importance = np.zeros((codes.shape[1], x.shape[1]))
     accuracy = np.zeros((2, codes.shape[1]))
-    for i in range(codes.shape[1]):
+    for i in progress(range(codes.shape[1]), "DCI: gradient-boosted trees, one per source"):
         model = ensemble.GradientBoostingClassifier(random_state=seed).fit(x[train], codes[train, i])
         importance[i] = np.abs(model.feature_importances_)
         for k, index in enumerate((train, test)):

@@ -43,7 +43,8 @@ def histogram_discretize(latents: torch.Tensor, num_bins: int = 20) -> torch.Ten
     """Bin each latent into ``num_bins`` equal-width bins over its range, as disentanglement_lib.
 
     Bin ``b`` (1-based) holds values in ``[edge[b-1], edge[b])``, the maximum falls in the last bin; a
-    constant latent uses numpy's range (value - 0.5, value + 0.5), so it lands in one bin.
+    constant latent uses numpy's range (value - 0.5, value + 0.5), so it lands in one bin. A latent whose range
+    overflows float64 (values near +-1.8e308) is binned divided by 4, which scales every edge exactly.
 
     Args:
         latents: float values.
@@ -60,8 +61,13 @@ def histogram_discretize(latents: torch.Tensor, num_bins: int = 20) -> torch.Ten
     values = latents.detach().cpu().numpy()
     binned = np.empty(values.shape, dtype=np.int64)
     for j in range(values.shape[1]):
-        edges = np.histogram_bin_edges(values[:, j], bins=num_bins)
-        binned[:, j] = np.searchsorted(edges[:-1], values[:, j], side="right")
+        column = values[:, j]
+        with np.errstate(over="ignore"):
+            overflows = not np.isfinite(column.max() - column.min())
+        if overflows:  # finite values whose range exceeds float64: bin a quarter of them (exact, same bins)
+            column = column / 4
+        edges = np.histogram_bin_edges(column, bins=num_bins)
+        binned[:, j] = np.searchsorted(edges[:-1], column, side="right")
     return torch.from_numpy(binned)
 
 

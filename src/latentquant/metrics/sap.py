@@ -82,7 +82,7 @@ def sap(
     Shapes:
         sources (N, S), latents (N, L).
     """
-    sources, latents = check_pair(sources, latents)
+    sources, latents = check_pair(sources, latents, continuous_sources)
     if continuous_sources:
         if latents.shape[1] < 2:
             raise ValueError(f"SAP needs at least 2 latents, got {latents.shape[1]}")

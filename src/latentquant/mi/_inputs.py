@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -127,6 +128,49 @@ def _column_std(x: torch.Tensor, target: bool) -> torch.Tensor:
     return torch.from_numpy(np.std(a[:, np.ones(a.shape[1], dtype=bool)], axis=0))
 
 
+def rescale_overflowing(x: torch.Tensor) -> torch.Tensor:
+    """Divide each column of (N, C) float64 ``x`` whose variance overflows float64 (finite |values| ~1e154 or more)
+    by its largest |value|; other columns (and ``x`` itself when none overflows) are returned untouched.
+
+    For callers whose result does not depend on a column's scale (std scaling, standardization): without it the
+    std is Inf and the column becomes all 0.
+    """
+    if x.shape[0] < 2:
+        return x
+    overflow = ~torch.isfinite(x.std(dim=0, correction=0))
+    if not bool(overflow.any()):
+        return x
+    largest = x.abs().amax(dim=0)
+    return torch.where(overflow, x / torch.where(overflow, largest, 1.0), x)
+
+
+# A column whose tie-breaking noise reaches this share of its scaled spread has its MI estimates pulled to 0.
+DROWNED_SHARE = 0.01
+
+
+def _warn_drowned(scaled: torch.Tensor, raw: torch.Tensor, jitter: float, name: str) -> None:
+    """Warn, naming the columns, when a non-constant column's spread is so small against its magnitude
+    (``std / mean|x|`` below about ``jitter / DROWNED_SHARE``; near-constant columns are not scaled at all) that
+    the jitter noise drowns it.
+
+    Shapes: scaled, raw (N, C) float64.
+    """
+    if raw.shape[0] < 2:
+        return
+    varies = raw.amax(dim=0) > raw.amin(dim=0)
+    spread = scaled.std(dim=0, correction=0)
+    noise = jitter * (scaled.abs().mean(dim=0)).clamp_min(1.0)
+    drowned = varies & (noise >= DROWNED_SHARE * spread)
+    columns = drowned.nonzero().flatten().tolist()
+    if columns:
+        warnings.warn(
+            f"k-NN mutual information: columns {columns} of {name} are so flat (spread tiny against their "
+            f"magnitude) that the tie-breaking jitter ({jitter:g} x mean |x| after the std scaling) drowns them: "
+            "their MI estimates are ~0. Center them first, e.g. x - mean (or standardize: (x - mean) / std)",
+            stacklevel=4,
+        )
+
+
 def preprocess(
     xs: list[torch.Tensor], jitter: float, seed: int, targets: tuple[bool, ...] = ()
 ) -> list[torch.Tensor]:
@@ -145,10 +189,15 @@ def preprocess(
     flat = [x.reshape(x.shape[0], -1) for x in xs]
     targets = targets or (False,) * len(xs)
     out = []
-    for f, target in zip(flat, targets):
-        std = _column_std(f, target).to(f.device)
+    for i, (f, target) in enumerate(zip(flat, targets)):
+        with np.errstate(over="ignore", invalid="ignore"):  # an overflowing variance is handled below
+            std = _column_std(f, target).to(f.device)
+        if not bool(torch.isfinite(std).all()):  # a variance overflowed: scale-free, so shrink those columns
+            f = rescale_overflowing(f)
+            std = _column_std(f, target).to(f.device)
         std = torch.where(std < 10 * torch.finfo(torch.float64).eps, torch.ones_like(std), std)
         out.append(f / std)
+        _warn_drowned(out[-1], f, jitter, "xy"[i] if len(xs) <= 2 else f"argument {i}")
     if jitter > 0:
         widths = [f.shape[1] for f in out]
         gen = torch.Generator().manual_seed(int(seed))
