@@ -17,6 +17,7 @@ from latentquant.cli import main
 from latentquant.study.sweep import (
     expand_grid,
     expand_overrides,
+    grid_overrides,
     make_executor,
     parse_names,
     parse_seeds,
@@ -70,22 +71,57 @@ def test_sweep_syntax_splits_outside_brackets():
         expand_overrides(["lr=1", "lr=2"])
 
 
+def test_grid_settings_as_overrides():
+    rest, grid = grid_overrides(["model=qlae,ae", "data.name=shapes3d", "seed=0-2", "optim.lr=1,2", "x"])
+    assert rest == ["optim.lr=1,2", "x"]
+    assert grid == {"model": "qlae,ae", "dataset": "shapes3d", "seed": "0-2"}
+    with pytest.raises(ValueError, match="given twice"):
+        grid_overrides(["model=qlae", "model.name=ae"])
+
+
+def test_cli_grid_from_overrides_and_conflicts(tmp_path, capsys):
+    out = tmp_path / "s"
+    args = ["sweep", "model=qlae", "dataset=shapes3d", "seed=0,1", "--out", str(out), "steps=abc"]
+    assert main(args) == 2  # the grid parsed; the bad steps value is refused before anything starts
+    assert "run qlae-shapes3d-seed0: setting 'steps' must be an integer" in capsys.readouterr().err
+    assert (
+        main(
+            [
+                "sweep",
+                "--models",
+                "qlae",
+                "--datasets",
+                "shapes3d",
+                "--seeds",
+                "0",
+                "seed=1",
+                "--out",
+                str(out),
+            ]
+        )
+        == 2
+    )
+    assert "--seeds and the override seed=1" in capsys.readouterr().err
+    assert main(["sweep", "--datasets", "shapes3d", "--out", str(out)]) == 2
+    assert not out.exists()
+
+
 def test_expand_grid_names_and_settings(tmp_path):
     specs = expand_grid(
         ["qlae", "beta_vae"],
         ["shapes3d"],
         [0, 1],
         tmp_path,
-        ["steps=10", "model_args.num_values=8,12"],
+        ["steps=10", "model.args.num_values=8,12"],
         base={"batch_size": 32, "steps": 5},
     )
     names = [s.name for s in specs]
     assert len(specs) == 8
     assert names[:4] == [
-        "qlae-shapes3d-model_args.num_values=8-seed0",
-        "qlae-shapes3d-model_args.num_values=8-seed1",
-        "qlae-shapes3d-model_args.num_values=12-seed0",
-        "qlae-shapes3d-model_args.num_values=12-seed1",
+        "qlae-shapes3d-model.args.num_values=8-seed0",
+        "qlae-shapes3d-model.args.num_values=8-seed1",
+        "qlae-shapes3d-model.args.num_values=12-seed0",
+        "qlae-shapes3d-model.args.num_values=12-seed1",
     ]
     first = specs[0]
     assert first.run_dir == tmp_path / first.name

@@ -48,9 +48,9 @@ def register(subparsers: Any) -> None:
         epilog=_SWEEP_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sweep.add_argument("--models", required=True, help="comma-separated zoo models (e.g. qlae,ae,beta_vae)")
-    sweep.add_argument("--datasets", required=True, help="comma-separated datasets (e.g. shapes3d,dsprites)")
-    sweep.add_argument("--seeds", default="0", help="seeds: '0-6', '0,1,2' or '0-2,7' (default: 0)")
+    sweep.add_argument("--models", help="comma-separated zoo models (e.g. qlae,ae,beta_vae); or model=...")
+    sweep.add_argument("--datasets", help="comma-separated datasets (e.g. shapes3d,dsprites); or dataset=...")
+    sweep.add_argument("--seeds", help="seeds: '0-6', '0,1,2' or '0-2,7' (default: 0); or seed=...")
     sweep.add_argument(
         "--config", type=Path, help="YAML file of settings for every run (as latentquant train)"
     )
@@ -102,9 +102,11 @@ _SWEEP_EPILOG = """examples:
 def _sweep(args: argparse.Namespace) -> int:
     from latentquant.data import DATASET_NAMES
     from latentquant.study.sweep import (
+        GRID_KEYS,
         SUBMITIT_FOLDER,
         command_line,
         expand_grid,
+        grid_overrides,
         make_executor,
         parse_names,
         parse_seeds,
@@ -115,13 +117,22 @@ def _sweep(args: argparse.Namespace) -> int:
     from latentquant.train.config import load_yaml_config, resolve_config
     from latentquant.zoo import MODELS
 
-    models = parse_names(args.models, "--models", list(MODELS))
-    datasets = parse_names(args.datasets, "--datasets", list(DATASET_NAMES))
-    seeds = parse_seeds(args.seeds)
+    overrides, grid = grid_overrides(args.overrides)
+    given = {"model": args.models, "dataset": args.datasets, "seed": args.seeds}
+    for key, option in GRID_KEYS.items():
+        if key in grid and given[key] is not None:
+            raise UsageError(f"{option} and the override {key}={grid[key]} both give the {key}s; give one")
+        if key in grid:
+            given[key] = grid[key]
+    if given["model"] is None or given["dataset"] is None:
+        raise UsageError("give the models (--models qlae,ae or model=qlae,ae) and the datasets (--datasets)")
+    models = parse_names(given["model"], "--models", list(MODELS))
+    datasets = parse_names(given["dataset"], "--datasets", list(DATASET_NAMES))
+    seeds = parse_seeds(given["seed"] if given["seed"] is not None else "0")
     if args.max_parallel is not None and args.max_parallel < 1:
         raise UsageError(f"--max-parallel must be >= 1, got {args.max_parallel}")
     base = load_yaml_config(args.config) if args.config is not None else {}
-    specs = expand_grid(models, datasets, seeds, args.out, args.overrides, base)
+    specs = expand_grid(models, datasets, seeds, args.out, overrides, base)
     for spec in specs:  # every run's settings are checked before anything starts
         try:
             resolve_config(spec.settings)

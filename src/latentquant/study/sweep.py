@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from latentquant.train.schema import split_sweep_values
+
 SUBMITIT_FOLDER = ".submitit"
 _NAME_UNSAFE = re.compile(r"[^A-Za-z0-9._=+-]")
 _POLL_SECONDS = 0.5
@@ -98,24 +100,37 @@ def parse_names(text: str, option: str, known: Sequence[str] | None) -> list[str
     return names
 
 
-def split_sweep_values(raw: str) -> list[str]:
-    """Split an override's value at the commas outside brackets and quotes: ``"1,2"`` -> ``["1", "2"]``,
-    ``"[1,2]"`` -> ``["[1,2]"]`` (one list value), ``"[1,2],[3]"`` -> two values."""
-    values, depth, quote, start = [], 0, "", 0
-    for i, char in enumerate(raw):
-        if quote:
-            quote = "" if char == quote else quote
-        elif char in "'\"":
-            quote = char
-        elif char in "[{(":
-            depth += 1
-        elif char in "]})":
-            depth -= 1
-        elif char == "," and depth == 0:
-            values.append(raw[start:i])
-            start = i + 1
-    values.append(raw[start:])
-    return values
+GRID_KEYS = {"model": "--models", "dataset": "--datasets", "seed": "--seeds"}
+
+
+def grid_overrides(items: Sequence[str]) -> tuple[list[str], dict[str, str]]:
+    """Take the grid's own settings out of the overrides: ``model=qlae,ae`` (or ``model.name=...``),
+    ``dataset=...`` (``data.name=...``) and ``seed=0,1,2`` (or ``seed=0-6``) are the same as ``--models``,
+    ``--datasets`` and ``--seeds``.
+
+    Returns:
+        ``(other_items, {"model" | "dataset" | "seed": raw value})``.
+
+    Raises:
+        ValueError: a grid setting given twice.
+    """
+    from latentquant.train.schema import flat_key
+
+    rest: list[str] = []
+    grid: dict[str, str] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        try:
+            flat = flat_key(key.strip()) if sep else ""
+        except ValueError:
+            flat = ""
+        if flat in GRID_KEYS:
+            if flat in grid:
+                raise ValueError(f"override {item!r}: {flat} is given twice")
+            grid[flat] = raw
+        else:
+            rest.append(item)
+    return rest, grid
 
 
 def expand_overrides(items: Sequence[str]) -> tuple[list[str], list[tuple[str, list[str]]]]:
@@ -125,8 +140,8 @@ def expand_overrides(items: Sequence[str]) -> tuple[list[str], list[tuple[str, l
         ``(fixed, swept)``: ``fixed`` as ``"key=value"`` strings, ``swept`` as ``(key, ["key=v1", ...])``.
 
     Raises:
-        ValueError: an item without ``=``, an empty value in a list, a key given twice, or a swept key that
-            the grid options own (``model``, ``dataset``, ``seed``: use ``--models/--datasets/--seeds``).
+        ValueError: an item without ``=``, an empty value in a list, a key given twice, or a grid key
+            (``model``, ``dataset``, ``seed``: :func:`grid_overrides` takes those first).
     """
     fixed: list[str] = []
     swept: list[tuple[str, list[str]]] = []
@@ -139,8 +154,8 @@ def expand_overrides(items: Sequence[str]) -> tuple[list[str], list[tuple[str, l
         if key in seen:
             raise ValueError(f"override key {key!r} is given twice")
         seen.add(key)
-        if key in ("model", "dataset", "seed"):
-            raise ValueError(f"override {item!r}: give {key}s with --{key}s, not as an override")
+        if key in GRID_KEYS:
+            raise ValueError(f"override {item!r}: the grid's {key}s go to {GRID_KEYS[key]}")
         values = split_sweep_values(raw)
         if len(values) == 1:
             fixed.append(f"{key}={raw}")
