@@ -34,6 +34,7 @@ from latentquant.data import (
     ImageFolderDataset,
     MPI3DFile,
     Shapes3D,
+    Shapes3DFile,
     folders,
     get_dataset,
 )
@@ -270,16 +271,45 @@ def test_corrupt_gzip_chunk_is_a_value_error_naming_file_and_index(tmp_path):
     path = tmp_path / "gzip.h5"
     write_shapes3d(path, gzip=True)
     _corrupt_chunk(path, 5)
-    ds = get_dataset("shapes3d", path)  # first and last chunks are fine: found when read
+    ds = Shapes3DFile(path, cache=False)  # first and last chunks are fine: found when read
+    assert ds.storage == "hdf5"
     good = ds.index_to_factors([4, 6])
     assert ds.images_for(good).shape == (2, 3, 64, 64)
     with pytest.raises(ValueError, match=r"gzip.h5: cannot read the images at indices \[5\]"):
         ds.images_for(ds.index_to_factors([5]))
+    cached = get_dataset("shapes3d", path)  # the cache build meets it and names the index
+    assert cached.storage == "cache"
+    with pytest.raises(ValueError, match=r"gzip.h5: cannot read 'images'\[5\]"):
+        cached.images_for(good)
+    assert not cached.cache_path.exists() and not list(tmp_path.glob(".*tmp*"))
     first = tmp_path / "first.h5"
     write_shapes3d(first, gzip=True)
     _corrupt_chunk(first, 0)
     with pytest.raises(ValueError, match=r"first.h5: cannot read 'images'\[0\]"):
         get_dataset("shapes3d", first)
+
+
+def test_h5_storage_contiguous_is_memory_mapped_chunked_is_cached(tmp_path, monkeypatch):
+    images = write_shapes3d(tmp_path / "plain.h5")
+    plain = get_dataset("shapes3d", tmp_path / "plain.h5")
+    assert plain.storage == "memmap" and isinstance(plain._images(), np.memmap)
+    assert not plain.cache_path.exists()
+    everything = plain.index_to_factors(torch.arange(len(plain)))
+    want = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
+    assert torch.equal(plain.images_for(everything), want)
+
+    write_shapes3d(tmp_path / "gzip.h5", gzip=True)
+    monkeypatch.setattr(Shapes3DFile, "_CHUNK", 5)  # several blocks
+    chunked = get_dataset("shapes3d", tmp_path / "gzip.h5", cache_dir=tmp_path / "cache")
+    assert chunked.storage == "cache" and chunked.cache_path.parent == tmp_path / "cache"
+    assert torch.equal(chunked.images_for(everything), want) and chunked.cache_path.is_file()
+    assert torch.equal(Shapes3DFile(tmp_path / "gzip.h5", cache=False).images_for(everything), want)
+    # the cache is stale once the file changes
+    cache_mtime = chunked.cache_path.stat().st_mtime
+    os.utime(tmp_path / "gzip.h5", (cache_mtime + 10, cache_mtime + 10))
+    again = get_dataset("shapes3d", tmp_path / "gzip.h5", cache_dir=tmp_path / "cache")
+    assert torch.equal(again.images_for(everything[:3]), want[:3])
+    assert chunked.cache_path.stat().st_mtime > cache_mtime
 
 
 # ------------------------------------------------------------------------------------------ npz safety

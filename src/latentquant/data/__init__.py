@@ -91,7 +91,8 @@ def get_dataset(
         data_path: ``3dshapes.h5``, the dSprites ``.npz``, an MPI3D ``.npz`` (toy/realistic/real or the
             paper's complex one, told apart by image count), the ``Falcor3D_down128`` / ``Isaac3D_down128``
             folder — or the folder ``latentquant data download`` wrote them to.
-        cache_dir: where Falcor3D/Isaac3D keep their 64x64 cache (default: ``latentquant.data.folders``).
+        cache_dir: where Falcor3D/Isaac3D keep their 64x64 cache and a gzip-chunked 3dshapes.h5 its
+            decompressed one (default: ``latentquant.data.cache``).
     Raises:
         ValueError: unknown name, a real-only dataset without ``data_path``, or a bad file.
         FileNotFoundError: ``data_path`` does not exist (the message names the download command).
@@ -112,5 +113,6 @@ def get_dataset(
         raise FileNotFoundError(
             f"{name} file not found: {path} (get it with `latentquant data download {name} --dir DIR`)"
         )
-    loader = {"shapes3d": Shapes3DFile, "dsprites": DSpritesFile, "mpi3d": MPI3DFile}[name]
-    return loader(_resolve_file(name, path))
+    if name == "shapes3d":
+        return Shapes3DFile(_resolve_file(name, path), cache_dir=cache_dir)
+    return (DSpritesFile if name == "dsprites" else MPI3DFile)(_resolve_file(name, path))

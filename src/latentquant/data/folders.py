@@ -18,18 +18,15 @@ point exactly once, in any row order (image ``k`` is ``images/{k:06d}.png``).
 
 Decoding hundreds of thousands of PNGs per epoch is too slow, so the first use builds a cache: one
 memory-mappable ``.npy`` of uint8 (N, 64, 64, 3), written to a temporary file with a progress bar and
-moved into place atomically. Where it goes, first match wins: the ``cache_dir`` argument, the
-``LATENTQUANT_CACHE_DIR`` environment variable, the dataset folder itself when writable, else
-``$XDG_CACHE_HOME/latentquant`` (``~/.cache/latentquant``). A cache is reused when its shape, dtype and
-size are right; otherwise it is rebuilt. ``cache=False`` reads and resizes the PNGs of every batch instead.
+moved into place atomically (``latentquant.data.cache``: next to the data, or under ``cache_dir`` /
+``$LATENTQUANT_CACHE_DIR``). It is reused while its shape and size are right and it is newer than the
+labels file; otherwise it is rebuilt. ``cache=False`` reads and resizes the PNGs of every batch instead.
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,8 +35,11 @@ import numpy as np
 import torch
 
 from latentquant.data.base import GroundTruthDataset
+from latentquant.data.cache import CACHE_ENV, build_cache, cache_file, open_cache
+from latentquant.data.files import uint8_to_float
 
-CACHE_ENV = "LATENTQUANT_CACHE_DIR"
+__all__ = ["CACHE_ENV", "FALCOR3D", "ISAAC3D", "FolderSpec", "ImageFolderDataset", "resize_images"]
+
 CACHE_SIZE = 64  # cached images are CACHE_SIZE x CACHE_SIZE x 3
 _CACHE_VERSION = 1  # bump when the resize changes: older caches are then ignored
 _CHUNK = 256  # images decoded and resized per step while building the cache
@@ -129,23 +129,6 @@ def _read_png(path: Path, size: int) -> np.ndarray:
     return pixels
 
 
-def _default_cache_dir(folder: Path) -> Path:
-    if os.access(folder, os.W_OK):
-        return folder
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "latentquant"
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class ImageFolderDataset(GroundTruthDataset):
     """A Falcor3D or Isaac3D folder (see the module docstring), images served at 64x64.
 
@@ -181,7 +164,7 @@ class ImageFolderDataset(GroundTruthDataset):
                 f"{spec.name}: {labels_path} not found; expected the {spec.folder}/ folder with {spec.labels} "
                 f"and images/000000.png ... ({hint})"
             )
-        self.folder, self.spec, self.progress = folder, spec, progress
+        self.folder, self.spec, self.progress, self.labels_path = folder, spec, progress, labels_path
         labels = self._read_labels(labels_path)
         rounded = np.round(labels, 6)
         uniques, classes = zip(*(np.unique(col, return_inverse=True) for col in rounded.T))
@@ -201,7 +184,8 @@ class ImageFolderDataset(GroundTruthDataset):
         self._row_of = None if (grid_index == np.arange(n)).all() else np.argsort(grid_index)
         self._check_images(n)
         super().__init__(spec.name, spec.factor_names, sizes, uniques, (3, CACHE_SIZE, CACHE_SIZE))
-        self.cache_path = self._cache_path(Path(cache_dir) if cache_dir else None)
+        stem = f"{spec.name}_{n}x{CACHE_SIZE}x{CACHE_SIZE}_v{_CACHE_VERSION}.npy"
+        self.cache_path = cache_file(folder, stem, cache_dir)
         self._use_cache = cache
         self._cache: np.ndarray | None = None
 
@@ -233,15 +217,6 @@ class ImageFolderDataset(GroundTruthDataset):
         if count != n:
             raise ValueError(f"{images}: holds {count} PNG files, expected {n} (one per labels row)")
 
-    def _cache_path(self, cache_dir: Path | None) -> Path:
-        env = os.environ.get(CACHE_ENV)
-        directory = cache_dir or (Path(env).expanduser() if env else None) or _default_cache_dir(self.folder)
-        name = f"{self.spec.name}_{len(self)}x{CACHE_SIZE}x{CACHE_SIZE}_v{_CACHE_VERSION}.npy"
-        if directory.resolve() != self.folder.resolve():
-            digest = hashlib.sha256(str(self.folder.resolve()).encode()).hexdigest()[:12]
-            name = f"{digest}-{name}"
-        return directory / name
-
     # ------------------------------------------------------------------------------------------- images
     def _png_rows(self, rows: np.ndarray) -> np.ndarray:
         """Decoded and resized PNGs of file rows ``rows`` (R,) → uint8 (R, 64, 64, 3)."""
@@ -250,61 +225,30 @@ class ImageFolderDataset(GroundTruthDataset):
             decoded = list(pool.map(lambda p: _read_png(p, self.spec.source_size), paths))
         return resize_images(np.stack(decoded))
 
-    def _valid_cache(self) -> np.ndarray | None:
-        try:
-            cached = np.load(self.cache_path, mmap_mode="r", allow_pickle=False)
-        except (ValueError, OSError, EOFError):
-            return None
-        if cached.shape != (len(self), CACHE_SIZE, CACHE_SIZE, 3) or cached.dtype != np.uint8:
-            return None
-        if self.cache_path.stat().st_size != cached.offset + cached.nbytes:
-            return None
-        return cached
+    @property
+    def _cache_shape(self) -> tuple[int, ...]:
+        return (len(self), CACHE_SIZE, CACHE_SIZE, 3)
 
     def build_cache(self) -> Path:
         """Build (or reuse) the 64x64 cache; returns its path. Safe to run from several processes at once."""
-        if self._valid_cache() is not None:
-            return self.cache_path
-        from numpy.lib.format import open_memmap
-        from tqdm import tqdm
-
-        directory = self.cache_path.parent
-        directory.mkdir(parents=True, exist_ok=True)
-        for stale in directory.glob(f".{self.cache_path.name}.tmp-*"):
-            pid = stale.name.rsplit("-", 1)[-1]
-            if pid.isdigit() and not _pid_alive(int(pid)):
-                stale.unlink(missing_ok=True)
-        tmp = directory / f".{self.cache_path.name}.tmp-{os.getpid()}"
-        n = len(self)
-        print(
-            f"latentquant: caching {n} {self.name} images at 64x64 in {self.cache_path} (once)",
-            file=sys.stderr,
-        )
-        try:
-            out = open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, CACHE_SIZE, CACHE_SIZE, 3))
-            quiet = not sys.stderr.isatty() if self.progress is None else not self.progress
-            with tqdm(total=n, unit="img", desc=f"{self.name} cache", disable=quiet) as bar:
-                for start in range(0, n, _CHUNK):
-                    rows = np.arange(start, min(n, start + _CHUNK))
-                    out[start : start + len(rows)] = self._png_rows(rows)
-                    bar.update(len(rows))
-            out.flush()
-            del out
-            with open(tmp, "rb") as handle:
-                os.fsync(handle.fileno())
-            os.replace(tmp, self.cache_path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        if open_cache(self.cache_path, self._cache_shape, self.labels_path) is None:
+            build_cache(
+                self.cache_path,
+                self._cache_shape,
+                self.labels_path,
+                lambda start, stop: self._png_rows(np.arange(start, stop)),
+                _CHUNK,
+                self.name,
+                self.progress,
+            )
         return self.cache_path
 
     def _images(self) -> np.ndarray:
         if self._cache is None:
-            self._cache = self._valid_cache()
+            self._cache = open_cache(self.cache_path, self._cache_shape, self.labels_path)
             if self._cache is None:
                 self.build_cache()
-                self._cache = self._valid_cache()
-                if self._cache is None:
-                    raise ValueError(f"{self.cache_path}: the cache just written does not read back")
+                self._cache = open_cache(self.cache_path, self._cache_shape, self.labels_path)
         return self._cache
 
     def _render(self, factors: torch.Tensor) -> torch.Tensor:
@@ -312,8 +256,7 @@ class ImageFolderDataset(GroundTruthDataset):
         rows = index if self._row_of is None else self._row_of[index]
         unique, inverse = np.unique(rows, return_inverse=True)
         pixels = np.asarray(self._images()[unique]) if self._use_cache else self._png_rows(unique)
-        x = torch.from_numpy(np.ascontiguousarray(pixels)).permute(0, 3, 1, 2).to(torch.float32).div_(255.0)
-        return x.contiguous()[torch.from_numpy(inverse)]
+        return uint8_to_float(pixels[inverse], 255.0)
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
