@@ -11,7 +11,14 @@ from typing import Any
 
 import yaml
 
-from latentquant.zoo import DECODERS, ENCODERS, MODELS, default_hyperparameters, default_weight_decay
+from latentquant.zoo import (
+    DECODERS,
+    ENCODERS,
+    MODELS,
+    default_hyperparameters,
+    default_training_settings,
+    default_weight_decay,
+)
 
 
 @dataclasses.dataclass
@@ -239,6 +246,10 @@ def resolve_config(settings: Mapping[str, Any], num_factors: int | None = None) 
             f"model_args: model {config.model!r} has no argument(s) {bad_args}; its arguments are {sorted(defaults)}"
         )
     config.model_args = {**defaults, **config.model_args}
+    # Models whose recipe trains differently (the GANs: lr 2e-4, batch 64, 1e5 steps) unless the run says otherwise.
+    for key, value in default_training_settings(config.model).items():
+        if key not in settings:
+            setattr(config, key, value)
     if config.weight_decay is None:
         config.weight_decay = default_weight_decay(config.model, config.dataset)
     if config.num_latents is None and num_factors is not None:

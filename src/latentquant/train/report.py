@@ -58,6 +58,7 @@ def plot_traversals(
     active: np.ndarray,
     path: Path,
     device: torch.device,
+    title: str = "Latent traversals (each row varies one latent)",
 ) -> None:
     """One row per latent: the decoding of ``base_latent (L,)`` with that latent set to each of its ``values``.
 
@@ -89,7 +90,56 @@ def plot_traversals(
         axes[j, 0].set_ylabel(
             label, rotation=0, labelpad=22, fontsize=8, color="black" if active[j] else "grey"
         )
-    fig.suptitle("Latent traversals (each row varies one latent)")
+    fig.suptitle(title)
+    _save(fig, path)
+
+
+def plot_image_grid(images: torch.Tensor, path: Path, columns: int = 8, title: str = "") -> None:
+    """A grid of images ``(B, C, H, W)`` in [0, 1], ``columns`` per row (e.g. samples from a GAN's prior),
+    drawn as one mosaic with 2-pixel white gaps."""
+    pictures = _to_hwc(images)
+    count, height, width = pictures.shape[:3]
+    if count == 0:
+        raise ValueError("plot_image_grid: no images given")
+    columns = max(1, min(columns, count))
+    rows = math.ceil(count / columns)
+    gap = 2
+    mosaic = np.ones((rows * (height + gap) - gap, columns * (width + gap) - gap, 3))
+    for index in range(count):
+        top, left = (index // columns) * (height + gap), (index % columns) * (width + gap)
+        mosaic[top : top + height, left : left + width] = pictures[index]
+    fig = Figure(figsize=(1.0 * columns, 1.0 * rows + 0.4))
+    ax = fig.subplots()
+    ax.imshow(mosaic, interpolation="nearest")
+    ax.axis("off")
+    if title:
+        ax.set_title(title)
+    _save(fig, path)
+
+
+def plot_gan_curves(records: Sequence[dict[str, Any]], path: Path) -> None:
+    """A GAN's training curves: critic and generator losses (left), the Wasserstein estimate (right).
+
+    Reads the ``critic_loss``, ``generator_loss`` and ``wasserstein`` entries of the ``"train"`` log records.
+    """
+    train = [r for r in records if r.get("kind") == "train"]
+    fig = Figure(figsize=(9.0, 3.0))
+    left, right = fig.subplots(1, 2)
+    for ax, terms in ((left, ("critic_loss", "generator_loss")), (right, ("wasserstein",))):
+        for term in terms:
+            points = [(r["step"], r["losses"][term]) for r in train if term in r.get("losses", {})]
+            if points:
+                steps, series = zip(*points)
+                ax.plot(steps, series, linewidth=1.2, label=term)
+        ax.set_xlabel("step", fontsize=8)
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=8)
+        else:
+            ax.text(0.5, 0.5, "no training records", ha="center", va="center", transform=ax.transAxes)
+    left.set_title("losses", fontsize=9)
+    right.set_title("Wasserstein estimate mean D(x) - mean D(G(z))", fontsize=9)
+    fig.tight_layout()
     _save(fig, path)
 
 
@@ -124,8 +174,15 @@ def _embed(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
 
 
-def write_html(out_dir: Path, metrics: dict[str, Any], config: dict[str, Any], title: str) -> Path:
-    """Write ``out_dir/report.html`` embedding the figures ``out_dir/<name>.png`` that exist."""
+def write_html(
+    out_dir: Path,
+    metrics: dict[str, Any],
+    config: dict[str, Any],
+    title: str,
+    extra_figures: dict[str, str] | None = None,
+) -> Path:
+    """Write ``out_dir/report.html`` embedding the figures ``out_dir/<name>.png`` that exist: the standard
+    :data:`FIGURES`, then ``extra_figures`` (name -> caption; the model's own, e.g. a GAN's samples)."""
     rows = []
     for key in (
         "model",
@@ -152,8 +209,9 @@ def write_html(out_dir: Path, metrics: dict[str, Any], config: dict[str, Any], t
         "inactive latents are hatched and starred.",
         "losses": "Training loss terms (unweighted) over steps.",
     }
+    captions.update(extra_figures or {})
     figures = []
-    for name in FIGURES:
+    for name in (*FIGURES, *(extra_figures or {})):
         png = out_dir / f"{name}.png"
         if png.exists():
             figures.append(

@@ -152,8 +152,9 @@ def write_outputs(
         title=f"NMI between factors and latents ({config.model}, {extra.get('steps', '?')} steps)",
     )
     plot_losses(read_log(out_dir), out_dir / "losses.png")
+    model_figures = model.report_figures(out_dir, read_log(out_dir), config)
     title = f"latentquant: {config.model} on {config.dataset}, {extra.get('steps', '?')} steps"
-    return write_html(out_dir, metrics, config.to_dict(), title)
+    return write_html(out_dir, metrics, config.to_dict(), title, model_figures)
 
 
 def evaluate_run(

@@ -15,6 +15,7 @@ optimizer, ``"model"``; models with several (the GANs: critic and generator) ove
 from __future__ import annotations
 
 import abc
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -109,6 +110,15 @@ class Autoencoder(nn.Module, abc.ABC):
     def codebook_parameters(self) -> list[nn.Parameter]:
         """Parameters of codebooks (excluded from weight decay and gradient clipping); none by default."""
         return []
+
+    def report_figures(self, out_dir: Path, records: list[dict[str, Any]], config: Any) -> dict[str, str]:
+        """Write this model's own report figures as ``out_dir/<name>.png``; returns ``{name: caption}``.
+
+        The run report adds them after the standard ones (reconstructions, traversals, NMI, losses). Args:
+        ``records``, the run's log records (``log.jsonl``); ``config``, the run's ``TrainConfig``. None by
+        default; the GANs draw prior samples, prior traversals and their loss / Wasserstein curves.
+        """
+        return {}
 
     def configure_optimizers(self, config: Any) -> dict[str, torch.optim.Optimizer]:
         """The optimizers of this model by name; checkpoints store and restore their states under these names.

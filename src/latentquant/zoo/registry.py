@@ -7,6 +7,7 @@ from typing import Any
 
 from latentquant.zoo.ae import AE, BioAE
 from latentquant.zoo.base import Autoencoder
+from latentquant.zoo.gan import InfoWGANGP, QLInfoWGANGP
 from latentquant.zoo.qlae import QLAE
 from latentquant.zoo.vae import BetaTCVAE, BetaVAE
 from latentquant.zoo.vqvae import VQVAE
@@ -14,13 +15,20 @@ from latentquant.zoo.vqvae import VQVAE
 
 @dataclass(frozen=True)
 class ModelEntry:
-    """A named model: its class, hyperparameter defaults on top of the class's, and its weight decay."""
+    """A named model: its class, hyperparameter defaults on top of the class's, its weight decay, and training
+    settings that differ from the autoencoders' defaults (``TrainConfig`` keys, e.g. the GANs' lr and batch)."""
 
     cls: type[Autoencoder]
     description: str
     weight_decay: float
     dataset_weight_decay: dict[str, float] = field(default_factory=dict)
     overrides: dict[str, Any] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)
+
+
+# The authors' GAN recipe (configs/train_gan.yaml): Adam(W) lr 2e-4 (betas 0, 0.9 are model arguments),
+# batch 64, 1e5 iterations by default (their paper sweeps ran 2e5: set steps=200000).
+_GAN_TRAINING = {"lr": 2e-4, "batch_size": 64, "steps": 100_000}
 
 
 MODELS: dict[str, ModelEntry] = {
@@ -40,6 +48,32 @@ MODELS: dict[str, ModelEntry] = {
     "beta_tcvae": ModelEntry(BetaTCVAE, "beta-TCVAE (minibatch-weighted sampling)", 0.0),
     "bioae": ModelEntry(BioAE, "BioAE: non-negativity and activity penalties", 1e-4),
     "vqvae": ModelEntry(VQVAE, "VQ-VAE, 512 x 64 codebook, one code per latent slot", 0.01),
+    # The authors' l2: QLInfoWGAN-GP 1e-3 on shapes3d / MPI3D / Isaac3D, 1e-4 on Falcor3D and by default
+    # (configs/params/quantized_info_gan/); InfoWGAN-GP 1e-4 (model_partial/info_gan.yaml); WGAN-GP 0
+    # (model_partial/base_gan.yaml, latent weight 0).
+    "qlinfowgan": ModelEntry(
+        QLInfoWGANGP,
+        "QLInfoWGAN-GP: WGAN-GP whose critic regresses a quantized latent; prior over the learned values",
+        1e-4,
+        {"shapes3d": 1e-3, "mpi3d": 1e-3, "isaac3d": 1e-3},
+        training=_GAN_TRAINING,
+    ),
+    "qlinfowgan_no_wd": ModelEntry(
+        QLInfoWGANGP, "QLInfoWGAN-GP ablation: without weight decay", 0.0, training=_GAN_TRAINING
+    ),
+    "infowgan": ModelEntry(
+        InfoWGANGP,
+        "InfoWGAN-GP: WGAN-GP whose critic regresses the continuous latent; prior U(0, 1)",
+        1e-4,
+        training=_GAN_TRAINING,
+    ),
+    "wgan": ModelEntry(
+        InfoWGANGP,
+        "WGAN-GP: InfoWGAN-GP with latent weight 0 (no latent regression)",
+        0.0,
+        overrides={"latent_weight": 0.0},
+        training=_GAN_TRAINING,
+    ),
 }
 
 
@@ -59,6 +93,12 @@ def default_weight_decay(name: str, dataset: str) -> float:
     """The paper's AdamW weight decay for model ``name`` on ``dataset``."""
     entry = _entry(name)
     return entry.dataset_weight_decay.get(dataset, entry.weight_decay)
+
+
+def default_training_settings(name: str) -> dict[str, Any]:
+    """Training settings (``TrainConfig`` keys) model ``name`` uses unless the run sets them, e.g. the GANs'
+    ``lr`` 2e-4, ``batch_size`` 64 and ``steps`` 1e5; empty for the autoencoders (the ``TrainConfig`` defaults)."""
+    return dict(_entry(name).training)
 
 
 def build_model(
