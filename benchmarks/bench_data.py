@@ -1,22 +1,46 @@
-"""Render throughput of the procedural datasets, images/s on one CPU thread at 64x64 (DESIGN §9).
+"""Read speed of the datasets, images/s at 64x64 (DESIGN §9).
 
-Baselines timed in the same process: rendering the same images one ``dataset[i]`` at a time (what a
-DataLoader without ``sample_batch`` does), and copying the output bytes (the memory floor). The geometry
-and patch caches are filled before timing; their one-off fill time per process is reported too.
+Procedural datasets, on one CPU thread: baselines timed in the same process are rendering the same
+images one ``dataset[i]`` at a time (what a DataLoader without ``sample_batch`` does), and copying the
+output bytes (the memory floor). The geometry and patch caches are filled before timing; their one-off
+fill time per process is reported too.
+
+Real-file loaders, on fixture files in each format (``tests/fixtures/make_fixtures.py``, written to a
+temporary folder): random training batches of 128 through ``sample_batch`` from 3dshapes.h5 (contiguous,
+and gzip-chunked one image per chunk), the dSprites .npz (in memory), an MPI3D .npz (memory-mapped) and a
+Falcor3D PNG folder uncached (decode + resize per batch) and cached (the 64x64 uint8 memmap); plus the
+time to build the PNG cache, scaled to 10,000 images.
 Run: `make bench`, `pytest -s benchmarks/bench_data.py`, or `python benchmarks/bench_data.py`.
 """
 
 from __future__ import annotations
 
+import os
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 import torch
 from timing import median_seconds, print_table
 
-from latentquant.data import dsprites, get_dataset, shapes3d
+from latentquant.data import (
+    FALCOR3D,
+    ImageFolderDataset,
+    MPI3DFile,
+    Shapes3DFile,
+    dsprites,
+    get_dataset,
+    shapes3d,
+)
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from fixtures.make_fixtures import write_all  # noqa: E402
 
 BATCH = 256
+FILE_BATCH = 128
+CACHE_PNGS = (5, 6, 6, 6, 1, 1, 1)  # 1,080 Falcor3D-layout PNGs for the cache build timing
 
 
 def _fill_cache(name: str) -> float:
@@ -56,6 +80,70 @@ def measure(name: str, batch: int = BATCH) -> dict[str, object]:
     }
 
 
+def _cache_build_row(label: str, dataset, build) -> dict[str, object]:
+    start = time.perf_counter()
+    build()
+    seconds = time.perf_counter() - start
+    return {
+        "loader": f"{label} cache build",
+        "images": len(dataset),
+        "batch": "-",
+        "images/s": round(len(dataset) / seconds),
+        "s per 10k images": round(seconds * 10_000 / len(dataset), 1),
+    }
+
+
+def measure_files(folder: Path) -> list[dict[str, object]]:
+    """images/s of random batches from every real-file loader, and the cache build times per 10k images."""
+    paths = write_all(folder, png_sizes=CACHE_PNGS)
+    cache = folder / "cache"
+    gzip_cached = Shapes3DFile(paths["shapes3d_gzip"], cache_dir=cache, progress=False)
+    falcor = ImageFolderDataset(paths["falcor3d"], FALCOR3D, cache_dir=cache, progress=False)
+    builds = [
+        _cache_build_row("shapes3d .h5 gzip chunks", gzip_cached, gzip_cached.build_cache),
+        _cache_build_row("falcor3d PNG (decode+resize)", falcor, falcor.build_cache),
+    ]
+    datasets = {
+        "shapes3d .h5 contiguous (memmap)": get_dataset("shapes3d", paths["shapes3d"]),
+        "shapes3d .h5 gzip chunks, uncached (h5py)": Shapes3DFile(paths["shapes3d_gzip"], cache=False),
+        "shapes3d .h5 gzip chunks, cached": gzip_cached,
+        "dsprites .npz (in memory)": get_dataset("dsprites", paths["dsprites"]),
+        "mpi3d .npz (memmap)": MPI3DFile(paths["mpi3d"], factor_sizes=(4, 4, 2, 3, 3, 2, 2)),
+        "falcor3d PNG, uncached (decode+resize)": ImageFolderDataset(
+            paths["falcor3d"], FALCOR3D, cache=False
+        ),
+        "falcor3d PNG, cached": falcor,
+    }
+    rows = []
+    for label, dataset in datasets.items():
+        generator = torch.Generator().manual_seed(0)
+        repeats = 3 if "uncached" in label else 15
+        seconds = median_seconds(
+            lambda d=dataset, g=generator: d.sample_batch(FILE_BATCH, g), warmup=1, repeats=repeats
+        )
+        rows.append(
+            {
+                "loader": label,
+                "images": len(dataset),
+                "batch": FILE_BATCH,
+                "images/s": round(FILE_BATCH / seconds),
+            }
+        )
+    return rows + builds
+
+
+def test_file_loader_read_speed():
+    with tempfile.TemporaryDirectory() as folder:
+        rows = measure_files(Path(folder))
+    print_table(
+        f"real-file loaders, batches of {FILE_BATCH}, torch threads {torch.get_num_threads()}, cpus {os.cpu_count()}",
+        rows,
+    )
+    speed = {row["loader"]: row["images/s"] for row in rows}
+    assert speed["falcor3d PNG, cached"] > speed["falcor3d PNG, uncached (decode+resize)"]
+    assert speed["shapes3d .h5 gzip chunks, cached"] > speed["shapes3d .h5 gzip chunks, uncached (h5py)"]
+
+
 @pytest.mark.parametrize("name", ["shapes3d", "dsprites"])
 def test_render_throughput(name):
     row = measure(name)
@@ -65,3 +153,5 @@ def test_render_throughput(name):
 
 if __name__ == "__main__":
     print_table("procedural rendering, 1 thread", [measure("shapes3d"), measure("dsprites")])
+    with tempfile.TemporaryDirectory() as tmp:
+        print_table(f"real-file loaders, batches of {FILE_BATCH}", measure_files(Path(tmp)))
