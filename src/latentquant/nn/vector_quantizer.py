@@ -4,6 +4,10 @@ Codebook (K, C) initialized U(-sqrt(3/C), sqrt(3/C)) (unit total variance per co
 by gradient through the quantization loss (default), or by exponential moving averages of the assigned
 vectors (``ema=True``, van den Oord et al. 2017, appendix). Optional dead-code restarts replace codes whose
 moving-average usage falls below ``dead_code_threshold`` with vectors from the current batch.
+
+Under ``torch.distributed`` with several ranks (DDP), the assignment counts and the EMA sums are all-reduced
+and restarted codes are drawn on rank 0 and broadcast: every rank keeps the same codebook, the one a single
+process would learn from the global batch (usage then counts assignments per global batch).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import math
 import warnings
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from latentquant.nn._layout import from_channel_last, is_channel_first, to_channel_last
@@ -127,12 +132,19 @@ class VectorQuantizer(nn.Module):
 
     @torch.no_grad()
     def _update(self, flat: torch.Tensor, indices: torch.Tensor) -> None:
+        # Under torch.distributed (DDP), the counts and sums are all-reduced and restarts are drawn on rank 0
+        # and broadcast, so every rank keeps the same codebook: that of one process on the global batch.
+        distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
         counts = torch.bincount(indices, minlength=self.codebook_size).to(self.usage.dtype)
+        if distributed:
+            dist.all_reduce(counts)
         self.usage.mul_(self.decay).add_(counts, alpha=1 - self.decay)
         if self.ema:
             sums = torch.zeros_like(self.ema_embed_sum).index_add_(
                 0, indices, flat.to(self.ema_embed_sum.dtype)
             )
+            if distributed:
+                dist.all_reduce(sums)
             self.ema_cluster_size.mul_(self.decay).add_(counts, alpha=1 - self.decay)
             self.ema_embed_sum.mul_(self.decay).add_(sums, alpha=1 - self.decay)
             n = self.ema_cluster_size.sum()
@@ -142,7 +154,10 @@ class VectorQuantizer(nn.Module):
             dead = (self.usage < self.dead_code_threshold).nonzero().flatten()
             if dead.numel():
                 pick = torch.randint(flat.shape[0], (dead.numel(),), device=flat.device)
-                self.codebook[dead] = flat[pick].to(self.codebook.dtype)
+                fresh = flat[pick].to(self.codebook.dtype)
+                if distributed:
+                    dist.broadcast(fresh, src=0)
+                self.codebook[dead] = fresh
                 self.usage[dead] = self.dead_code_threshold
                 if self.ema:
                     self.ema_cluster_size[dead] = 1.0
