@@ -95,3 +95,9 @@ def test_argument_errors():
         evaluate(lambda x: (x, x), ds, num_samples=20, metrics="mig")
     with pytest.raises(ValueError, match="dataset: expected a latentquant.data dataset"):
         evaluate(perfect, [1, 2, 3])
+
+
+def test_top_level_name():
+    import latentquant
+
+    assert latentquant.evaluate is evaluate
