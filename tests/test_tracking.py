@@ -1,0 +1,89 @@
+"""Tracking: CSV / TensorBoard sinks next to log.jsonl, and the provenance record."""
+
+import csv
+
+import pytest
+import torch
+
+from latentquant.provenance import git_commit, provenance
+from latentquant.train.sinks import Sinks, parse_logger
+
+
+def _train(step, **losses):
+    return {"kind": "train", "step": step, "losses": losses, "steps_per_second": 2.0, "time": 1.0e9 + step}
+
+
+def _rows(path):
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_csv_sink_columns_grow_and_resume_drops_later_rows(tmp_path):
+    with Sinks(tmp_path, "csv") as sinks:
+        sinks.write(_train(10, loss=1.0))
+        sinks.write(_train(20, loss=0.5, generator=3.0))  # a new value: the header grows
+        sinks.write(
+            {"kind": "eval", "step": 20, "metrics": {"infom": 0.7, "eval_samples": 100, "flag": True}}
+        )
+        sinks.write(_train(30, loss=0.25))
+    train = _rows(tmp_path / "train.csv")
+    assert [r["step"] for r in train] == ["10", "20", "30"]
+    assert list(train[0]) == ["step", "loss", "steps_per_second", "time", "generator"]
+    assert (
+        train[0]["generator"] == ""
+        and float(train[1]["generator"]) == 3.0
+        and float(train[2]["loss"]) == 0.25
+    )
+    assert _rows(tmp_path / "eval.csv") == [{"step": "20", "infom": "0.7", "eval_samples": "100.0"}]
+    with Sinks(tmp_path, "csv", start_step=20) as sinks:  # resumed from the step-20 checkpoint
+        sinks.write(_train(30, loss=0.3))
+    assert [(r["step"], r["loss"]) for r in _rows(tmp_path / "train.csv")] == [
+        ("10", "1.0"),
+        ("20", "0.5"),
+        ("30", "0.3"),
+    ]
+
+
+def test_tensorboard_sink(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    with Sinks(tmp_path, "csv,tensorboard") as sinks:
+        for step in (10, 20, 30):
+            sinks.write(_train(step, loss=1.0 / step))
+        sinks.write({"kind": "eval", "step": 30, "metrics": {"infom": 0.5}})
+    with Sinks(tmp_path, "tensorboard", start_step=20) as sinks:  # resume at 20: step 30 is logged again
+        sinks.write(_train(30, loss=0.125))
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    loss = [(e.step, e.value) for e in events.Scalars("train/loss")]
+    assert loss == [(10, pytest.approx(0.1)), (20, pytest.approx(0.05)), (30, pytest.approx(0.125))]
+    assert "time" not in " ".join(events.Tags()["scalars"])
+
+
+def test_logger_setting_is_checked():
+    assert parse_logger("jsonl") == ("jsonl",)
+    assert parse_logger("csv, tensorboard,csv") == ("csv", "tensorboard")
+    with pytest.raises(
+        ValueError, match=r"logger: expected .*jsonl, csv, tensorboard, wandb.*got 'tensorbord'"
+    ):
+        parse_logger("tensorbord")
+
+
+def test_wandb_is_optional(tmp_path):
+    try:
+        import wandb  # noqa: F401
+    except ImportError:
+        with pytest.raises(ValueError, match="logger=wandb needs the wandb package"):
+            Sinks(tmp_path, "csv,wandb")
+    else:
+        pytest.skip("wandb is installed here")
+
+
+def test_provenance_record():
+    record = provenance("cpu", wall_time_s=1.23456)
+    assert record["torch_version"] == torch.__version__ and record["device"] == "cpu"
+    assert record["num_threads"] == torch.get_num_threads() and record["wall_time_s"] == 1.235
+    commit = git_commit()
+    assert commit is None or len(commit.removesuffix("-dirty")) == 40
+    assert git_commit(__import__("pathlib").Path("/")) is None  # not a checkout
