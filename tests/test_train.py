@@ -132,7 +132,7 @@ def test_parse_overrides():
     }
     with pytest.raises(ValueError, match="key=value"):
         parse_overrides(["steps"])
-    with pytest.raises(ValueError, match="only model_args"):
+    with pytest.raises(ValueError, match="unknown setting .encoder.width."):
         parse_overrides(["encoder.width=3"])
 
 

@@ -89,7 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # key=value overrides may stand anywhere, also after flags: argparse's positional list takes the first
+    # run of them, parse_known_args returns the others, which go to the sub-command's overrides.
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if not hasattr(args, "overrides") or any(arg.startswith("-") or "=" not in arg for arg in extra):
+            parser.parse_args(argv)  # reports the unrecognized arguments and exits with status 2
+        args.overrides = [*args.overrides, *extra]
     try:
         result = args.func(args)
     except (UsageError, ValueError, FileNotFoundError, IsADirectoryError, PermissionError) as err:

@@ -15,8 +15,13 @@ _EPILOG = """examples:
   latentquant train --resume runs/demo steps=6000
   latentquant evaluate runs/demo
 
-Every setting of latentquant.train.TrainConfig can be given as key=value (values are YAML scalars;
-model arguments as model_args.<name>=value). Precedence: defaults < --config file < flags < key=value."""
+Settings are given as key=value anywhere on the command line, by their dotted name (optim.lr=3e-4,
+encoder.name=tiny, model.args.num_values=12) or their flat name (lr=3e-4, encoder=tiny,
+model_args.num_values=12); values are YAML (null, true, 3e-4, [10, 12]). A --config file holds the same
+settings, nested or flat (a run's config.yaml is one). Precedence: defaults < --config file < flags <
+key=value. --print-config shows every setting's resolved value; key=v1,v2 sweeps: see latentquant sweep.
+
+"""
 
 
 def register(subparsers: Any) -> None:
@@ -26,10 +31,15 @@ def register(subparsers: Any) -> None:
         help="train a zoo model, evaluate it and write a report",
         description="Train a zoo model (QLAE, AE, beta-VAE, beta-TCVAE, BioAE, VQ-VAE) with the paper's "
         "defaults, evaluate InfoM/InfoE/InfoC and PSNR, and write the run directory with report.html.",
-        epilog=_EPILOG,
+        epilog=_EPILOG + _settings_listing(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    train.add_argument("--config", type=Path, help="YAML file of settings")
+    train.add_argument("--config", type=Path, help="YAML file of settings (nested or flat)")
+    train.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print every setting (value after --config, flags and overrides; default; description) and exit",
+    )
     train.add_argument(
         "--model", help="zoo model: qlae, qlae_global, qlae_no_wd, ae, beta_vae, beta_tcvae, bioae, vqvae"
     )
@@ -47,7 +57,9 @@ def register(subparsers: Any) -> None:
         "--compile", action="store_true", default=None, help="run the model under torch.compile"
     )
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
-    train.add_argument("overrides", nargs="*", metavar="key=value", help="setting overrides")
+    train.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="setting overrides (anywhere on the command line)"
+    )
     train.set_defaults(func=_train)
 
     evaluate = subparsers.add_parser(
@@ -64,6 +76,23 @@ def register(subparsers: Any) -> None:
     )
     evaluate.add_argument("--device", help="auto, cpu or cuda[:i] (default: the run's device)")
     evaluate.set_defaults(func=_evaluate)
+
+
+def _settings_listing() -> str:
+    from latentquant.train.schema import describe
+
+    return "settings:\n" + "\n".join(f"  {line}" for line in describe().splitlines())
+
+
+def _print_config(args: argparse.Namespace) -> int:
+    from latentquant.train.config import merge_settings, resolve_config
+    from latentquant.train.run import read_run_config
+    from latentquant.train.schema import describe
+
+    stored = read_run_config(args.resume) if args.resume is not None else {}
+    config = resolve_config(merge_settings(stored, _settings(args)))
+    print(describe(config.to_dict()))
+    return 0
 
 
 def _settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -85,6 +114,8 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
 def _train(args: argparse.Namespace) -> int:
     from latentquant.train.loop import INTERRUPTED_EXIT_CODE, train
 
+    if args.print_config:
+        return _print_config(args)
     if args.resume is None and args.out is None:
         raise UsageError("give --out DIR for a new run, or --resume DIR to continue one")
     if args.resume is not None and args.out is not None and args.out.resolve() != args.resume.resolve():

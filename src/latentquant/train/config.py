@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import types
+import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from latentquant.train import schema
 from latentquant.zoo import (
     DECODERS,
     ENCODERS,
@@ -21,92 +24,59 @@ from latentquant.zoo import (
 )
 
 
-@dataclasses.dataclass
-class TrainConfig:
-    """Every setting of a training run. ``None`` means "the paper's default for this model and dataset",
-    filled in by :func:`resolve_config`.
+def _to_dict(self: Any) -> dict[str, Any]:
+    """Plain-data copy with flat names (as checkpoints and exports store it)."""
+    return dataclasses.asdict(self)
 
-    Attributes:
-        model: zoo model name (``latentquant.zoo.MODELS``).
-        dataset: dataset name (``latentquant.data.get_dataset``); ``data_path`` optionally points at real files.
-        seed: seeds model initialization, batch sampling and any sampling in the model.
-        steps: optimizer steps in total.
-        batch_size, lr: Adam(W) batch size and learning rate (paper: 128, 1e-3).
-        weight_decay: decoupled weight decay of the weights (paper: per model; QLAE 0.1).
-        grad_clip: element-wise gradient clipping of the weights (paper: 1; 0 disables).
-        num_latents: number of latents (paper: twice the number of factors).
-        encoder, decoder: architecture names (``paper``, ``small``, ``cpu``, ``tiny``).
-        model_args: the model's own hyperparameters (e.g. QLAE ``num_values``, β-VAE ``beta``).
-        eval_every: evaluate every this many steps (0: only at the end).
-        eval_samples: images drawn for evaluation (paper: 10,000), the same ones for every run of a dataset.
-        eval_seed: seed of the evaluation sample.
-        infomec_convention: ``"paper"`` or ``"standalone"`` (``latentquant.metrics.infomec``).
-        log_every: write a JSONL log record every this many steps.
-        checkpoint_every: write a checkpoint every this many steps (and always at the end).
-        traversal_steps: values per latent in the traversal figure for continuous latents.
-        device: ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda[:i]"``.
-        amp: bfloat16 autocast on CUDA (ignored on CPU).
-        compile: run the model under ``torch.compile``.
-        channels_last: keep images and convolutions in channels-last memory format (faster on CPU).
-        deterministic: ``torch.use_deterministic_algorithms(True)`` (bitwise-reproducible resumes).
-        num_threads: CPU threads for torch (``None``: torch's default).
-        overwrite: a new run may replace the run files already in its directory (else that is an error).
-    """
 
-    model: str = "qlae"
-    dataset: str = "shapes3d"
-    data_path: str | None = None
-    seed: int = 0
-    steps: int = 200_000
-    batch_size: int = 128
-    lr: float = 1e-3
-    weight_decay: float | None = None
-    grad_clip: float = 1.0
-    num_latents: int | None = None
-    encoder: str = "paper"
-    decoder: str = "paper"
-    model_args: dict[str, Any] = dataclasses.field(default_factory=dict)
-    eval_every: int = 5000
-    eval_samples: int = 10_000
-    eval_seed: int = 20230228
-    infomec_convention: str = "paper"
-    log_every: int = 100
-    checkpoint_every: int = 5000
-    traversal_steps: int = 10
-    device: str = "auto"
-    amp: bool = True
-    compile: bool = False
-    channels_last: bool = False
-    deterministic: bool = False
-    num_threads: int | None = None
-    overwrite: bool = False
+def _to_nested(self: Any) -> dict[str, Any]:
+    """Plain-data copy in the schema's nested groups (as ``config.yaml`` and ``--print-config`` show it)."""
+    return schema.nest(dataclasses.asdict(self))
 
-    def to_dict(self) -> dict[str, Any]:
-        """Plain-data copy (for YAML / JSON)."""
-        return dataclasses.asdict(self)
+
+def _field(leaf: schema.Leaf) -> Any:
+    if isinstance(leaf.default, dict):
+        return dataclasses.field(default_factory=dict, metadata={"help": leaf.help})
+    return dataclasses.field(default=leaf.default, metadata={"help": leaf.help})
+
+
+# One declaration, the nested schema (latentquant.train.schema.TrainSchema); this is its flat view.
+TrainConfig = dataclasses.make_dataclass(
+    "TrainConfig",
+    [(leaf.flat, leaf.type, _field(leaf)) for leaf in schema.LEAVES],
+    namespace={"to_dict": _to_dict, "to_nested": _to_nested, "__module__": __name__},
+)
+TrainConfig.__doc__ = (
+    "Every setting of a training run under its flat name (``config.lr``, ``config.model_args``): the flat view\n"
+    "of :class:`latentquant.train.schema.TrainSchema`, where each setting's group, type, default and description\n"
+    "are declared. ``None`` means the paper's default for this model and dataset, filled in by\n"
+    ":func:`resolve_config`.\n\nAttributes:\n"
+    + "".join(f"    {leaf.flat} (``{leaf.dotted}``): {leaf.help}.\n" for leaf in schema.LEAVES)
+)
+
+
+def _flat_names(*kinds: type) -> set[str]:
+    return {leaf.flat for leaf in schema.LEAVES if _base_type(leaf.type) in kinds}
+
+
+def _base_type(kind: Any) -> Any:
+    args = [a for a in typing.get_args(kind) if a is not type(None)]
+    return args[0] if typing.get_origin(kind) in (typing.Union, types.UnionType) and len(args) == 1 else kind
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
-_INT_FIELDS = {"seed", "steps", "batch_size", "num_latents", "eval_every", "eval_samples", "eval_seed"}
-_INT_FIELDS |= {"log_every", "checkpoint_every", "traversal_steps", "num_threads"}
-_FLOAT_FIELDS = {"lr", "weight_decay", "grad_clip"}
-_BOOL_FIELDS = {"amp", "compile", "channels_last", "deterministic", "overwrite"}
-_STR_FIELDS = {"model", "dataset", "data_path", "encoder", "decoder", "infomec_convention", "device"}
-_NULLABLE = {"data_path", "weight_decay", "num_latents", "num_threads"}
-_POSITIVE = {
-    "steps",
-    "batch_size",
-    "eval_samples",
-    "log_every",
-    "checkpoint_every",
-    "traversal_steps",
-    "num_latents",
-}
-_POSITIVE |= {"num_threads"}
+_INT_FIELDS = _flat_names(int)
+_FLOAT_FIELDS = _flat_names(float)
+_BOOL_FIELDS = _flat_names(bool)
+_STR_FIELDS = _flat_names(str)
+_NULLABLE = {leaf.flat for leaf in schema.LEAVES if leaf.default is None}
+_POSITIVE = {leaf.flat for leaf in schema.LEAVES if leaf.minimum == 1}
 
 
 def load_yaml_config(path: str | Path) -> dict[str, Any]:
-    """Read a run configuration file (a YAML mapping of :class:`TrainConfig` keys).
+    """Read a run configuration file: a YAML mapping of settings in the schema's nested groups, as dotted
+    keys, or under the flat names of :class:`TrainConfig` (the ``config.yaml`` of runs written before the
+    nested schema), in any mix. Returns the settings under their flat names (:func:`schema.flatten`).
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
@@ -123,14 +93,18 @@ def load_yaml_config(path: str | Path) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise ValueError(f"config file {path} must hold a mapping of settings, got {type(data).__name__}")
-    return data
+    return schema.flatten(data)
 
 
 def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
-    """Parse ``key=value`` overrides; values are YAML scalars; ``model_args.<name>=value`` sets a model argument.
+    """Parse ``key=value`` overrides into settings under their flat names. Keys are dotted names of the
+    schema (``optim.lr``, ``encoder.name``, ``model.args.beta``) or flat names (``lr``, ``encoder``,
+    ``model_args.beta``); a group with a name takes its name directly (``encoder=tiny``). Values are YAML
+    (``null``, ``true``, ``3e-4``, ``[10, 12]``).
 
     Raises:
-        ValueError: an item without ``=`` or with an empty key.
+        ValueError: an item without ``=`` or with an empty key, an unknown setting (the valid ones are
+            listed), or several comma-separated values for one setting (a sweep: ``latentquant sweep``).
     """
     out: dict[str, Any] = {}
     for item in items:
@@ -138,17 +112,20 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
         key = key.strip()
         if not sep or not key:
             raise ValueError(f"override {item!r} is not of the form key=value")
+        flat = schema.flat_key(key)
+        if len(schema.split_sweep_values(raw)) > 1 and flat != "data_path":
+            raise ValueError(
+                f"override {item!r} gives several values: that is a sweep; run it with latentquant sweep "
+                f"(e.g. latentquant sweep ... {item}), or give one value here"
+            )
         try:
             value = _number(yaml.safe_load(raw)) if raw.strip() else None
         except yaml.YAMLError as err:
             raise ValueError(f"override {item!r}: cannot parse the value: {err}") from err
-        if "." in key:
-            head, _, sub = key.partition(".")
-            if head != "model_args" or not sub:
-                raise ValueError(f"override {item!r}: only model_args.<name> keys may contain a dot")
-            out.setdefault("model_args", {})[sub] = value
+        if flat.startswith("model_args."):
+            out.setdefault("model_args", {})[flat.split(".", 1)[1]] = value
         else:
-            out[key] = value
+            out[flat] = value
     return out
 
 
@@ -215,17 +192,23 @@ def resolve_config(settings: Mapping[str, Any], num_factors: int | None = None) 
     """Validate ``settings`` and fill every ``None`` with the paper's default for the model and dataset.
 
     Args:
-        settings: a mapping of :class:`TrainConfig` keys (from a file, flags and overrides merged).
+        settings: the settings (from a file, flags and overrides merged) under flat names, dotted names or in
+            nested groups (:func:`schema.flatten`).
         num_factors: the dataset's number of factors, for the default ``num_latents`` (2 x factors).
 
     Raises:
         ValueError: an unknown key (the message lists the valid ones), a value of the wrong type or range,
             an unknown model / encoder / decoder / convention, or a model argument the model does not have.
     """
+    settings = schema.flatten(settings)
     unknown = sorted(set(settings) - set(FIELDS))
     if unknown:
-        raise ValueError(f"unknown setting(s) {unknown}; valid settings are {sorted(FIELDS)}")
+        raise ValueError(
+            f"unknown setting(s) {unknown}; valid settings are {sorted(schema.DOTTED_TO_FLAT)} "
+            f"(or their flat names {sorted(FIELDS)})"
+        )
     values = {key: _coerce(key, value) for key, value in settings.items()}
+    schema.validate(values)
     config = TrainConfig(**values)
     if config.model not in MODELS:
         raise ValueError(f"model: unknown model {config.model!r}; choose one of {sorted(MODELS)}")
