@@ -9,6 +9,9 @@ the nested schema hold in their ``config.yaml``. Both are accepted everywhere (f
 mappings) and may be mixed; :func:`flatten` maps any of them to flat names (this is how an old flat
 ``config.yaml`` is migrated on read), :func:`nest` gives the nested view. A group that has a ``name``
 accepts a plain value as its name: ``model=ae``, ``encoder=tiny``.
+
+Adding a setting: a field (type, default, one-line help) in its group below and its flat name in
+:data:`FLAT_TO_DOTTED`; ``TrainConfig``, the CLI listing, ``--print-config`` and the validation follow.
 """
 
 from __future__ import annotations
