@@ -1,8 +1,10 @@
-"""``latentquant train`` and ``latentquant evaluate``: train a zoo model / re-evaluate a run directory."""
+"""``latentquant train``, ``latentquant evaluate`` and ``latentquant export``: train a zoo model,
+re-evaluate a run directory, write a run's trained weights to one file."""
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,7 @@ _EPILOG = """examples:
   latentquant train --config configs/demo.yaml --out runs/demo batch_size=32 model_args.num_values=12
   latentquant train --resume runs/demo steps=6000
   latentquant evaluate runs/demo
+  latentquant export runs/demo qlae_demo.safetensors
 
 Settings are given as key=value anywhere on the command line, by their dotted name (optim.lr=3e-4,
 encoder.name=tiny, model.args.num_values=12) or their flat name (lr=3e-4, encoder=tiny,
@@ -77,6 +80,18 @@ def register(subparsers: Any) -> None:
     evaluate.add_argument("--device", help="auto, cpu or cuda[:i] (default: the run's device)")
     evaluate.set_defaults(func=_evaluate)
 
+    export = subparsers.add_parser(
+        "export",
+        help="write a run's trained weights (and its configuration) to one safetensors file",
+        description="Write the model weights of DIR's checkpoint to OUT (safetensors; no optimizer or random "
+        "state), with the resolved configuration and SHA-256 digests in its metadata. Load it with "
+        "latentquant.load_model(OUT).",
+    )
+    export.add_argument("run_dir", type=Path, metavar="DIR", help="a directory written by latentquant train")
+    export.add_argument("out", type=Path, metavar="OUT", help="the file to write, e.g. model.safetensors")
+    export.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    export.set_defaults(func=_export)
+
 
 def _settings_listing() -> str:
     from latentquant.train.schema import describe
@@ -112,7 +127,8 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from latentquant.train.loop import INTERRUPTED_EXIT_CODE, train
+    from latentquant.train.loop import train
+    from latentquant.train.rundir import OutputWriteError
 
     if args.print_config:
         return _print_config(args)
@@ -126,24 +142,41 @@ def _train(args: argparse.Namespace) -> int:
     out_dir = args.resume if args.resume is not None else args.out
     try:
         result = train(settings, out_dir, resume=args.resume is not None, progress=not args.no_progress)
-    except KeyboardInterrupt:  # a second Ctrl-C, or one during the final evaluation
+    except KeyboardInterrupt as err:  # a second signal, or one during the final evaluation
         print(
             f"\nInterrupted; the last checkpoint in {out_dir} is kept. Resume with: latentquant train --resume "
             f"{out_dir} (or evaluate it with: latentquant evaluate {out_dir})",
             file=sys.stderr,
         )
-        return INTERRUPTED_EXIT_CODE
+        return 128 + getattr(err, "signum", signal.SIGINT)
+    except OutputWriteError as err:
+        raise UsageError(str(err)) from err
     if result.interrupted:
-        return INTERRUPTED_EXIT_CODE
+        return 128 + (result.signal or signal.SIGINT)
     _print_summary(result.metrics or {}, result.report)
     return 0
 
 
 def _evaluate(args: argparse.Namespace) -> int:
     from latentquant.train.run import evaluate_run
+    from latentquant.train.rundir import OutputWriteError
 
-    metrics, report = evaluate_run(args.run_dir, eval_samples=args.samples, device=args.device)
+    try:
+        metrics, report = evaluate_run(args.run_dir, eval_samples=args.samples, device=args.device)
+    except OutputWriteError as err:
+        raise UsageError(str(err)) from err
     _print_summary(metrics, report)
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from latentquant.train.rundir import OutputWriteError, export_model
+
+    try:
+        path = export_model(args.run_dir, args.out, overwrite=args.overwrite)
+    except OutputWriteError as err:
+        raise UsageError(str(err)) from err
+    print(f"Exported the model of {args.run_dir} to {path}")
     return 0
 
 

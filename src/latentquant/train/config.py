@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from latentquant.train import schema
@@ -188,6 +189,80 @@ def _coerce(key: str, value: Any) -> Any:
     raise ValueError(f"unknown setting {key!r}")
 
 
+# InfoMEC's k-NN mutual-information estimator (k = 3, standalone convention k = 10, per factor value) and
+# InfoE's logistic fits are meaningless below this; the paper evaluates on 10,000 samples.
+MIN_EVAL_SAMPLES = 100
+
+
+def check_eval_samples(value: int) -> None:
+    """Refuse an evaluation sample smaller than :data:`MIN_EVAL_SAMPLES` (before any training starts)."""
+    if value < MIN_EVAL_SAMPLES:
+        raise ValueError(
+            f"setting 'eval_samples' must be >= {MIN_EVAL_SAMPLES} (InfoMEC's k-NN mutual-information estimates "
+            f"with k = 3..10 neighbours and the InfoE logistic fits need that many samples), got {value}"
+        )
+
+
+def parse_device(name: str) -> torch.device:
+    """``name`` parsed by torch as a CPU or CUDA device (availability is checked when the run starts).
+
+    Raises:
+        ValueError: torch does not parse ``name`` (e.g. ``"cudafoo"``), or it is neither CPU nor CUDA.
+    """
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(
+            f"setting 'device': {name!r} is not a device ('auto', 'cpu' or 'cuda[:index]'): {err}"
+        ) from None
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(
+            f"setting 'device': type {device.type!r} is not supported; use 'auto', 'cpu' or 'cuda[:index]'"
+        )
+    return device
+
+
+def check_model_args(model_args: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
+    """Each model argument has its default's type: bool, integer (or a list of integers, e.g. one
+    ``num_values`` per latent), number (numbers written as strings, such as ``1e-3``, are converted) or
+    string; arguments whose default is ``None`` are not checked. Returns the arguments, converted.
+
+    Raises:
+        ValueError: naming the setting ``model_args.<name>``, what it expects and what it got.
+    """
+    out = dict(model_args)
+    for name, value in model_args.items():
+        default = defaults.get(name)
+        if default is None:
+            continue
+        if isinstance(default, bool):
+            ok, expected = isinstance(value, bool), "true or false"
+        elif isinstance(default, int):
+            ok = _is_int(value) or (
+                isinstance(value, list) and bool(value) and all(_is_int(v) for v in value)
+            )
+            expected = "an integer (or a list of integers)"
+        elif isinstance(default, float):
+            value = _number(value)
+            ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+            expected = "a finite number"
+            if ok:
+                out[name] = float(value)
+        elif isinstance(default, str):
+            ok, expected = isinstance(value, str), "a string"
+        else:
+            continue
+        if not ok:
+            raise ValueError(
+                f"setting 'model_args.{name}' must be {expected} (default {default!r}), got {value!r}"
+            )
+    return out
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def resolve_config(settings: Mapping[str, Any], num_factors: int | None = None) -> TrainConfig:
     """Validate ``settings`` and fill every ``None`` with the paper's default for the model and dataset.
 
@@ -220,14 +295,16 @@ def resolve_config(settings: Mapping[str, Any], num_factors: int | None = None) 
         raise ValueError(
             f"infomec_convention must be 'paper' or 'standalone', got {config.infomec_convention!r}"
         )
-    if config.device != "auto" and not (config.device == "cpu" or config.device.startswith("cuda")):
-        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:index]', got {config.device!r}")
+    if config.device != "auto":
+        parse_device(config.device)
+    check_eval_samples(config.eval_samples)
     defaults = default_hyperparameters(config.model, config.dataset)
     bad_args = sorted(set(config.model_args) - set(defaults))
     if bad_args:
         raise ValueError(
             f"model_args: model {config.model!r} has no argument(s) {bad_args}; its arguments are {sorted(defaults)}"
         )
+    config.model_args = check_model_args(config.model_args, defaults)
     config.model_args = {**defaults, **config.model_args}
     # Models whose recipe trains differently (the GANs: lr 2e-4, batch 64, 1e5 steps) unless the run says otherwise.
     for key, value in default_training_settings(config.model).items():

@@ -22,28 +22,30 @@ import torch
 from tqdm import tqdm
 
 from latentquant.train.checkpoint import (
-    CHECKPOINT_NAME,
     Checkpoint,
     load_checkpoint,
     restore_model,
     restore_optimizers,
+    restore_rng,
     save_checkpoint,
 )
 from latentquant.train.config import TrainConfig, merge_settings, resolve_config
 from latentquant.train.evaluate import Evaluation, evaluate_model, evaluation_factors
-from latentquant.train.run import (
+from latentquant.train.run import load_dataset, make_model, select_device, write_outputs
+from latentquant.train.rundir import (
+    CHECKPOINT_NAME,
     CONFIG_NAME,
-    LOG_NAME,
     METRICS_NAME,
-    load_dataset,
-    make_model,
+    LogWriter,
+    check_run_dir_path,
+    config_differences,
+    holds_run,
+    lock_run,
+    read_config_file,
     read_log,
-    read_run_config,
     remove_run_files,
     rewrite_log,
-    select_device,
     write_config,
-    write_outputs,
 )
 
 # Settings that may change when a run is resumed: they do not change what the model learns.
@@ -59,7 +61,7 @@ RESUMABLE_SETTINGS = frozenset(
         "num_threads",
     }
 )
-INTERRUPTED_EXIT_CODE = 130
+INTERRUPTED_EXIT_CODE = 130  # 128 + SIGINT; a run stopped by another signal exits 128 + that signal
 
 
 @dataclass
@@ -69,9 +71,11 @@ class TrainResult:
     Attributes:
         out_dir: the run directory.
         step: steps completed.
-        interrupted: the run stopped early on Ctrl-C (a checkpoint to resume from was written).
+        interrupted: the run stopped early on a signal (a checkpoint to resume from was written).
         metrics: the final ``metrics.json`` contents (``None`` when interrupted).
         report: path of ``report.html`` (``None`` when interrupted).
+        signal: the signal that stopped the run (``signal.SIGINT`` also for a ``KeyboardInterrupt`` raised
+            by ``on_step``); ``None`` when it ran to the end.
     """
 
     out_dir: Path
@@ -79,29 +83,46 @@ class TrainResult:
     interrupted: bool
     metrics: dict[str, Any] | None
     report: Path | None
+    signal: int | None = None
+
+
+# SIGINT (Ctrl-C), SIGTERM (what schedulers and `kill` send) and SIGUSR1 (Slurm's warning before the time limit).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
+
+
+class SignalInterrupt(KeyboardInterrupt):
+    """Raised by a stop signal that must take effect at once (a second signal, or one after training)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
 
 
 class _StopRequest:
-    """Turns the first SIGINT into a request to stop after the current step; a second one aborts."""
+    """Turns the first stop signal into a request to stop after the current step (the loop then writes a
+    checkpoint); a second one, or any once ``immediate`` is set, raises :class:`SignalInterrupt` at once.
+    Checkpoint writes are atomic, so an exception in the middle of one leaves the previous checkpoint."""
 
     def __init__(self) -> None:
-        self.requested = False
+        self.signum: int | None = None
+        self.immediate = False
 
     def _handle(self, signum: int, frame: Any) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
+        if self.signum is not None or self.immediate:
+            raise SignalInterrupt(signum)
+        self.signum = signum
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[_StopRequest]:
         if threading.current_thread() is not threading.main_thread():
             yield self
             return
-        previous = signal.signal(signal.SIGINT, self._handle)
+        previous = {signum: signal.signal(signum, self._handle) for signum in STOP_SIGNALS}
         try:
             yield self
         finally:
-            signal.signal(signal.SIGINT, previous)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
 
 
 def _configure_torch(config: TrainConfig) -> None:
@@ -135,22 +156,21 @@ def _rng_states(data_generator: torch.Generator, device: torch.device) -> dict[s
     return states
 
 
-def _restore_rng(
-    states: Mapping[str, torch.Tensor], data_generator: torch.Generator, device: torch.device
-) -> None:
-    torch.set_rng_state(states["torch"])
-    data_generator.set_state(states["data"])
-    if device.type == "cuda" and "cuda" in states:
-        torch.cuda.set_rng_state(states["cuda"], device)
-
-
 def _prepare_settings(
     settings: Mapping[str, Any], out_dir: Path, resume: bool
 ) -> tuple[dict[str, Any], Checkpoint | None]:
     """The settings of the run: the given ones for a new run; for a resume, the stored ones plus the
-    resumable changes in ``settings``. Also refuses to overwrite a finished or running directory."""
+    resumable changes in ``settings``. Refuses to replace a run without ``overwrite``. Call with the run's
+    lock held.
+
+    Raises:
+        ValueError: a new run in a directory that holds one (without ``overwrite``); on resume, a setting that
+            may not change, ``steps`` below the steps completed, a checkpoint that belongs to another run, or
+            a damaged checkpoint.
+        FileNotFoundError: ``resume`` on a directory that holds no run.
+    """
     if not resume:
-        if (out_dir / CHECKPOINT_NAME).exists() or (out_dir / CONFIG_NAME).exists():
+        if holds_run(out_dir):
             if not settings.get("overwrite", False):
                 raise ValueError(
                     f"{out_dir} already holds a training run; continue it with --resume {out_dir}, "
@@ -158,14 +178,80 @@ def _prepare_settings(
                 )
             remove_run_files(out_dir)
         return dict(settings), None
-    stored = read_run_config(out_dir)
+    checkpoint = load_checkpoint(out_dir / CHECKPOINT_NAME) if (out_dir / CHECKPOINT_NAME).is_file() else None
+    stored = _stored_settings(out_dir, checkpoint)
     changed = sorted(k for k, v in settings.items() if k not in RESUMABLE_SETTINGS and stored.get(k) != v)
     if changed:
         raise ValueError(
             f"cannot change {changed} when resuming {out_dir}; only {sorted(RESUMABLE_SETTINGS)} may change"
         )
-    checkpoint = load_checkpoint(out_dir / CHECKPOINT_NAME)
-    return merge_settings(stored, {k: v for k, v in settings.items() if k in RESUMABLE_SETTINGS}), checkpoint
+    merged = merge_settings(stored, {k: v for k, v in settings.items() if k in RESUMABLE_SETTINGS})
+    steps = resolve_config(merged).steps
+    if checkpoint is not None and checkpoint.step > steps:
+        raise ValueError(
+            f"steps={steps} is smaller than the {checkpoint.step} steps the run in {out_dir} has completed "
+            f"(its checkpoint's step); give steps >= {checkpoint.step}"
+        )
+    return merged, checkpoint
+
+
+def _stored_settings(out_dir: Path, checkpoint: Checkpoint | None) -> dict[str, Any]:
+    """A run's stored settings: ``config.yaml``, checked against the checkpoint's copy of the configuration.
+
+    A missing or damaged ``config.yaml`` (invalid YAML, settings missing or invalid) is recovered from the
+    checkpoint's copy, with a message; a ``config.yaml`` that differs from the checkpoint's copy in a setting
+    that changes what the model learns means the checkpoint belongs to another run: refused, naming each
+    difference. A run that stopped before its first checkpoint restarts from step 0.
+    """
+    from_file: dict[str, Any] | None = None
+    problem = f"{CONFIG_NAME} is missing"
+    if (out_dir / CONFIG_NAME).exists():
+        try:
+            from_file = read_config_file(out_dir)
+            resolve_config(from_file)
+        except ValueError as err:
+            from_file, problem = None, f"{CONFIG_NAME} is damaged ({err})"
+    copy = checkpoint.config if checkpoint is not None else None
+    if from_file is not None and copy is not None and set(from_file) != set(copy):
+        missing = sorted(set(copy) - set(from_file))
+        from_file, problem = None, f"{CONFIG_NAME} is damaged (settings {missing} are missing)"
+    if from_file is None:
+        if copy is None:
+            if checkpoint is None and not (out_dir / CONFIG_NAME).exists():
+                raise FileNotFoundError(
+                    f"{out_dir} is not a training run directory (no {CONFIG_NAME} or {CHECKPOINT_NAME} in it)"
+                )
+            raise ValueError(f"{out_dir}: {problem} and no checkpoint holds a copy of the configuration")
+        print(
+            f"latentquant: {out_dir}: {problem}; recovered the configuration from {CHECKPOINT_NAME} "
+            f"(step {checkpoint.step}) and rewriting {CONFIG_NAME}",
+            file=sys.stderr,
+        )
+        return dict(copy)
+    if checkpoint is None:
+        if any(r.get("kind") == "train" for r in read_log(out_dir)):
+            raise ValueError(
+                f"{out_dir}: {CHECKPOINT_NAME} is missing although the log records training steps; the run "
+                "cannot resume (start it again with overwrite=true)"
+            )
+        print(
+            f"latentquant: {out_dir}: the run stopped before its first checkpoint; starting it from step 0",
+            file=sys.stderr,
+        )
+        return from_file
+    if copy is not None:
+        differences = config_differences(from_file, copy, RESUMABLE_SETTINGS)
+        if differences:
+            raise ValueError(
+                f"{out_dir}: {CHECKPOINT_NAME} belongs to another run: its configuration differs from "
+                f"{CONFIG_NAME} in {'; '.join(f'{d} ({CONFIG_NAME} != checkpoint)' for d in differences)}"
+            )
+    elif checkpoint.extra.get("model", from_file.get("model")) != from_file.get("model"):
+        raise ValueError(
+            f"{out_dir}: {CHECKPOINT_NAME} holds a {checkpoint.extra.get('model')!r} model but {CONFIG_NAME} "
+            f"says model {from_file.get('model')!r}"
+        )
+    return from_file
 
 
 def train(
@@ -176,6 +262,11 @@ def train(
     progress: bool = True,
 ) -> TrainResult:
     """Train a zoo model, evaluate it and write the run directory.
+
+    The directory is locked for the whole run (a second process is refused); the settings are validated
+    before any file is touched; a new run writes a step-0 checkpoint first, so that from then on the
+    directory always resumes. SIGINT, SIGTERM and SIGUSR1 stop the run after the current step with a
+    checkpoint; a second signal stops it at once (the last checkpoint is kept intact).
 
     Args:
         settings: :class:`TrainConfig` keys (unspecified ones take the paper defaults). On resume, only
@@ -188,23 +279,41 @@ def train(
         progress: show a progress bar (loss and steps/s) on stderr.
 
     Returns:
-        A :class:`TrainResult`; ``interrupted`` is true when Ctrl-C stopped the run (a resumable checkpoint
-        was written and how to resume was printed).
+        A :class:`TrainResult`; ``interrupted`` is true when a signal stopped the run (a resumable
+        checkpoint was written and how to resume was printed).
 
     Raises:
-        ValueError: invalid settings, a directory that already holds a run (without ``resume``), or a
-            corrupt or incompatible checkpoint.
+        ValueError: invalid settings, ``out_dir`` is a file, a directory that already holds a run (without
+            ``resume``) or is locked by another process, or a damaged or foreign checkpoint.
         FileNotFoundError: ``resume`` on a directory without a run.
+        SignalInterrupt: a second stop signal, or one during the final evaluation (the checkpoint is intact).
+        latentquant.train.rundir.OutputWriteError: a run file could not be written (the previous one is kept).
     """
     out_dir = Path(out_dir)
-    settings, checkpoint = _prepare_settings(settings, out_dir, resume)
+    check_run_dir_path(out_dir)
+    if not resume:
+        select_device(resolve_config(settings).device)  # every setting checked before a file is touched
+    with lock_run(out_dir, "train", create=not resume):
+        settings, checkpoint = _prepare_settings(settings, out_dir, resume)
+        return _train_locked(settings, out_dir, checkpoint, on_step, progress)
+
+
+def _train_locked(
+    settings: dict[str, Any],
+    out_dir: Path,
+    checkpoint: Checkpoint | None,
+    on_step: Callable[[int, dict[str, float]], None] | None,
+    progress: bool,
+) -> TrainResult:
     probe = resolve_config(settings)
+    select_device(probe.device)
     dataset = load_dataset(probe)
     config = resolve_config(settings, num_factors=dataset.num_factors)
     if config.num_latents is None:
         raise ValueError("num_latents could not be determined from the dataset")
     _configure_torch(config)
     device = select_device(config.device)
+    checkpoint_path = out_dir / CHECKPOINT_NAME
 
     torch.manual_seed(config.seed)
     model = make_model(config, dataset).to(device)
@@ -215,31 +324,45 @@ def train(
     step = 0
     train_seconds = 0.0
     if checkpoint is not None:
-        restore_model(model, checkpoint.model_state, out_dir / CHECKPOINT_NAME)
-        restore_optimizers(optimizers, checkpoint.optimizer_states, out_dir / CHECKPOINT_NAME)
-        _restore_rng(checkpoint.rng, data_generator, device)
+        restore_model(model, checkpoint.model_state, checkpoint_path)
+        restore_optimizers(optimizers, checkpoint.optimizer_states, checkpoint_path)
+        restore_rng(checkpoint.rng, data_generator, device, checkpoint_path)
         step = checkpoint.step
         train_seconds = float(checkpoint.extra.get("train_seconds", 0.0))
-        rewrite_log(out_dir, read_log(out_dir, up_to_step=step))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_config(out_dir, config)
+        records = read_log(out_dir, up_to_step=step)
+        if step >= config.steps:  # a finished run's final evaluation is redone: drop its earlier record
+            records = [r for r in records if not (r.get("kind") == "eval" and r.get("step") == step)]
+        rewrite_log(out_dir, records)
 
     forward = torch.compile(model) if config.compile else model
     eval_factors = evaluation_factors(dataset, config.eval_samples, config.eval_seed)
 
     def save(at_step: int) -> None:
-        extra = {"model": config.model, "dataset": config.dataset, "train_seconds": train_seconds}
+        extra = {
+            "model": config.model,
+            "dataset": config.dataset,
+            "train_seconds": train_seconds,
+            "image_shape": list(dataset.image_shape),
+            "dataset_size": len(dataset),
+        }
         optimizer_states = {name: optimizer.state_dict() for name, optimizer in optimizers.items()}
         state = Checkpoint(
-            at_step, model.state_dict(), optimizer_states, _rng_states(data_generator, device), extra
+            at_step,
+            model.state_dict(),
+            optimizer_states,
+            _rng_states(data_generator, device),
+            extra,
+            config.to_dict(),
         )
-        save_checkpoint(out_dir / CHECKPOINT_NAME, state)
+        save_checkpoint(checkpoint_path, state)
 
-    with open(out_dir / LOG_NAME, "a") as log_file:
+    if checkpoint is None:
+        save(0)  # from here on the directory holds a resumable run, whatever happens next
+    write_config(out_dir, config)
 
-        def log(record: dict[str, Any]) -> None:
-            log_file.write(json.dumps(record) + "\n")
-            log_file.flush()
+    stop = _StopRequest()
+    with stop.installed(), LogWriter(out_dir) as log_file:
+        log = log_file.write
 
         def run_evaluation(at_step: int) -> Evaluation:
             with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
@@ -254,7 +377,6 @@ def train(
         sums: dict[str, float] = {}
         counts: dict[str, int] = {}
         window_steps, window_start = 0, time.perf_counter()
-        stop = _StopRequest()
         bar = tqdm(
             total=config.steps,
             initial=step,
@@ -264,87 +386,92 @@ def train(
             desc=config.model,
         )
         interrupted = in_step = False
+        stop_signal: int | None = None
         model.train()
         try:
-            with stop.installed():
-                while step < config.steps:
-                    tick = time.perf_counter()
-                    in_step = True
-                    images, _ = dataset.sample_batch(config.batch_size, data_generator)
-                    images = images.to(device, non_blocking=True)
-                    if config.channels_last:
-                        images = images.contiguous(memory_format=torch.channels_last)
-                    losses = model.train_step(images, step, optimizers, config, forward=forward)
-                    if "loss" not in losses:
-                        raise ValueError(
-                            f"{type(model).__name__}.train_step must return a 'loss' entry, got {sorted(losses)}"
-                        )
-                    step += 1
-                    in_step = False
-                    train_seconds += time.perf_counter() - tick
+            while step < config.steps:
+                if stop.signum is not None:  # a signal during start-up
+                    raise KeyboardInterrupt
+                tick = time.perf_counter()
+                in_step = True
+                images, _ = dataset.sample_batch(config.batch_size, data_generator)
+                images = images.to(device, non_blocking=True)
+                if config.channels_last:
+                    images = images.contiguous(memory_format=torch.channels_last)
+                losses = model.train_step(images, step, optimizers, config, forward=forward)
+                if "loss" not in losses:
+                    raise ValueError(
+                        f"{type(model).__name__}.train_step must return a 'loss' entry, got {sorted(losses)}"
+                    )
+                step += 1
+                in_step = False
+                train_seconds += time.perf_counter() - tick
 
-                    values = {k: float(v) for k, v in losses.items()}
-                    if not all(math.isfinite(v) for v in values.values()):
-                        raise FloatingPointError(f"non-finite loss at step {step}: {values}")
-                    for key, value in values.items():
-                        sums[key] = sums.get(key, 0.0) + value
-                        counts[key] = counts.get(key, 0) + 1
-                    window_steps += 1
-                    bar.update(1)
-                    if step % 10 == 0 or step == config.steps:
-                        bar.set_postfix(loss=f"{values['loss']:.4f}")
-                    if step % config.log_every == 0 or step == config.steps:
-                        now = time.perf_counter()
-                        log(
-                            {
-                                "kind": "train",
-                                "step": step,
-                                "losses": {k: v / counts[k] for k, v in sums.items()},
-                                "steps_per_second": window_steps / max(now - window_start, 1e-9),
-                                "time": time.time(),
-                            }
-                        )
-                        sums, counts, window_steps, window_start = {}, {}, 0, now
-                    if config.eval_every and step % config.eval_every == 0 and step < config.steps:
-                        run_evaluation(step)
-                    if step % config.checkpoint_every == 0 and step < config.steps:
-                        save(step)
-                    if on_step is not None:
-                        on_step(step, values)
-                    if stop.requested:
-                        raise KeyboardInterrupt
-        except KeyboardInterrupt:
+                values = {k: float(v) for k, v in losses.items()}
+                if not all(math.isfinite(v) for v in values.values()):
+                    raise FloatingPointError(f"non-finite loss at step {step}: {values}")
+                for key, value in values.items():
+                    sums[key] = sums.get(key, 0.0) + value
+                    counts[key] = counts.get(key, 0) + 1
+                window_steps += 1
+                bar.update(1)
+                if step % 10 == 0 or step == config.steps:
+                    bar.set_postfix(loss=f"{values['loss']:.4f}")
+                if step % config.log_every == 0 or step == config.steps:
+                    now = time.perf_counter()
+                    log(
+                        {
+                            "kind": "train",
+                            "step": step,
+                            "losses": {k: v / counts[k] for k, v in sums.items()},
+                            "steps_per_second": window_steps / max(now - window_start, 1e-9),
+                            "time": time.time(),
+                        }
+                    )
+                    sums, counts, window_steps, window_start = {}, {}, 0, now
+                if config.eval_every and step % config.eval_every == 0 and step < config.steps:
+                    run_evaluation(step)
+                if step % config.checkpoint_every == 0 and step < config.steps:
+                    save(step)
+                if on_step is not None:
+                    on_step(step, values)
+                if stop.signum is not None:
+                    raise KeyboardInterrupt
+        except KeyboardInterrupt as err:
             interrupted = True
+            stop_signal = getattr(err, "signum", None) or stop.signum or signal.SIGINT
         finally:
             bar.close()
 
         if interrupted:
+            name = signal.Signals(stop_signal).name
             if in_step:
                 print(
-                    f"\nInterrupted during step {step + 1}; the last checkpoint in {out_dir} is kept.",
+                    f"\nInterrupted by {name} during step {step + 1}; the last checkpoint in {out_dir} is kept.",
                     file=sys.stderr,
                 )
             else:
                 save(step)
                 print(
-                    f"\nInterrupted at step {step}; checkpoint written to {out_dir / CHECKPOINT_NAME}.",
+                    f"\nInterrupted by {name} at step {step}; checkpoint written to {checkpoint_path}.",
                     file=sys.stderr,
                 )
             print(f"Resume with: latentquant train --resume {out_dir}", file=sys.stderr)
-            return TrainResult(out_dir, step, True, None, None)
+            return TrainResult(out_dir, step, True, None, None, stop_signal)
 
         save(step)
+        stop.immediate = True  # the final checkpoint is written: a signal now stops at once
         print(f"Evaluating on {config.eval_samples} samples ...", file=sys.stderr)
         evaluation = run_evaluation(step)
 
-    extra = {
-        "steps": step,
-        "num_latents": config.num_latents,
-        "train_seconds": round(train_seconds, 2),
-        "steps_per_second": round(step / train_seconds, 3) if train_seconds > 0 else None,
-        "final_losses": _last_train_losses(out_dir),
-    }
-    report = write_outputs(out_dir, model, dataset, evaluation, config, extra, device)
+        extra = {
+            "steps": step,
+            "num_latents": config.num_latents,
+            "train_seconds": round(train_seconds, 2),
+            "steps_per_second": round(step / train_seconds, 3) if train_seconds > 0 else None,
+            "final_losses": _last_train_losses(out_dir),
+        }
+        report = write_outputs(out_dir, model, dataset, evaluation, config, extra, device)
     metrics = json.loads((out_dir / METRICS_NAME).read_text())
     return TrainResult(out_dir, step, False, metrics, report)
 
