@@ -467,3 +467,22 @@ def test_train_cli_on_every_real_format(tmp_path, monkeypatch, capsys, name):
     assert metrics["dataset"] == name and metrics["factor_names"] == list(ds.factor_names)
     assert metrics["eval_samples"] == min(100, len(ds))  # without replacement: at most every image once
     assert os.path.exists(out / "report.html")
+
+
+def test_pickled_datasets_carry_no_pixels_and_reopen_their_files(tmp_path, monkeypatch):
+    import pickle
+
+    monkeypatch.setitem(MPI3D_GRIDS, 12, ("complex", MPI3D_SIZES))
+    write_mpi3d(tmp_path / "mpi3d.npz")
+    write_shapes3d(tmp_path / "3dshapes.h5")
+    folder, _, _ = write_falcor3d(tmp_path)
+    for ds in (
+        get_dataset("mpi3d", tmp_path / "mpi3d.npz"),
+        get_dataset("shapes3d", tmp_path / "3dshapes.h5"),
+        get_dataset("falcor3d", folder),
+    ):
+        factors = ds.index_to_factors(torch.arange(len(ds)))
+        want = ds.images_for(factors)  # maps the pixels in this process
+        blob = pickle.dumps(ds)
+        assert len(blob) < 20_000, (ds.name, len(blob))  # 12-24 images of 12 KiB would not fit
+        assert torch.equal(pickle.loads(blob).images_for(factors), want)

@@ -427,7 +427,15 @@ class MPI3DFile(_FileDataset):
                 )
         values = [np.arange(s, dtype=np.float64) for s in factor_sizes]
         super().__init__("mpi3d", MPI3D_FACTOR_NAMES, factor_sizes, values, (3, *images.shape[1:3]))
-        self._images_array = images
+        self._images_array: np.ndarray | None = images
 
     def _images(self) -> np.ndarray:
+        if self._images_array is None:  # in a process this dataset was sent to: map the member again
+            with open_npz(self.path) as archive:
+                self._images_array = read_member(self.path, archive, "images")
         return self._images_array
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_images_array"] = None  # never pickle gigabytes of pixels into worker processes
+        return state
