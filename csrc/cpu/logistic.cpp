@@ -579,7 +579,9 @@ std::tuple<at::Tensor, at::Tensor> logistic_loss_grad_cpu(const at::Tensor& x1t_
 // samples and per target: (1) logits of each sample (register tiles of up to 4 vectors, G gathered rows
 // each), its top logit (horizontal max), exp (masked) in place and their total; (2) the loss terms and
 // w / total over whole vectors of samples (the polynomial log of the dense op); (3) the residual in place,
-// scattered into the gradient rows in double. Same floor (kLogFloor) and NaN semantics as the dense op.
+// scatter-added into the rows of a (F1, Cp) tile in T (the block's sums, like the dense op's per-block
+// tiles), which is then added to the chunk's double buffer and zeroed (all rows, or when F1 is large only
+// the rows the block's codes name). Same floor (kLogFloor) and NaN semantics as the dense op.
 //
 // Determinism: as the dense op, chunks of kBlocksPerChunk blocks (a partition that depends only on N) own
 // their partial buffers (loss (T) then gradient (T, F1, Cp), double), added in chunk order; within a chunk
@@ -591,7 +593,7 @@ template <typename T>
 struct OneHotProblem {
   const int64_t* codes;    // (G, N)
   const T* wt;             // (T, F1, Cp) transposed weights, padded lanes 0
-  const T* mask;           // (Cp,) 1 on real classes, 0 on padded lanes
+  const T* lane;           // (Cp,) 0, 1, ..., Cp - 1: lanes below C are real classes
   const int64_t* labels;   // (T, N)
   const T* sample_weight;  // (T, N)
   int64_t n, groups, f1, targets, classes, cp;
@@ -626,23 +628,32 @@ LQ_INLINE void onehot_logit_tile(const T* wt, const int64_t* off, int64_t groups
   for (int r = 0; r < R; ++r) store(out + r * W, acc[r]);
 }
 
-// grad_row[0 .. Cp) += res[0 .. Cp) in double (float vectors converted in halves).
+// acc[0 .. n) += res[0 .. n), n a whole number of vectors.
 template <typename T, int VB>
-LQ_INLINE void add_row_wide(double* grad_row, const T* res, int64_t vectors) {
+LQ_INLINE void add_row(T* acc, const T* res, int64_t vectors) {
+  using V = typename Vec<T, VB>::type;
+  constexpr int64_t W = Vec<T, VB>::kWidth;
+  for (int64_t v = 0; v < vectors; ++v) store(acc + v * W, load<V>(acc + v * W) + load<V>(res + v * W));
+}
+
+// out[0 .. n) += tile[0 .. n) in double, and tile[0 .. n) = 0 (float vectors converted in halves).
+template <typename T, int VB>
+LQ_INLINE void flush_row(double* out, T* tile, int64_t vectors) {
   using V = typename Vec<T, VB>::type;
   using DV = typename Vec<T, VB>::wide;
   constexpr int64_t W = Vec<T, VB>::kWidth;
   constexpr int64_t DW = VB / 8;
   for (int64_t v = 0; v < vectors; ++v) {
-    const V r = load<V>(res + v * W);
+    const V r = load<V>(tile + v * W);
+    store(tile + v * W, V{});
+    double* d = out + v * W;
     if constexpr (sizeof(T) == sizeof(double)) {
-      store(grad_row + v * W, load<DV>(grad_row + v * W) + r);
+      store(d, load<DV>(d) + r);
     } else {
       using H = typename Vec<T, VB>::half;
       H lo, hi;
       __builtin_memcpy(&lo, &r, sizeof(H));
       __builtin_memcpy(&hi, reinterpret_cast<const char*>(&r) + sizeof(H), sizeof(H));
-      double* d = grad_row + v * W;
       store(d, load<DV>(d) + __builtin_convertvector(lo, DV));
       store(d + DW, load<DV>(d + DW) + __builtin_convertvector(hi, DV));
     }
@@ -650,19 +661,21 @@ LQ_INLINE void add_row_wide(double* grad_row, const T* res, int64_t vectors) {
 }
 
 // Scratch of one chunk: row offsets of the block's codes (kBlock x G), logits / exp / residuals (kBlock x
-// Cp), and per-sample top logit, label logit, total, weight and label.
+// Cp), per-sample top logit, label logit, total, weight and label, and the block's gradient tile (F1 x Cp,
+// in T: summed over at most kBlock samples, then flushed into the chunk's double buffer and zeroed).
 template <typename T>
 struct OneHotScratch {
   std::vector<int64_t> off;
-  std::vector<T> z, top, picked, total, w;
+  std::vector<T> z, top, picked, total, w, tile;
   std::vector<int64_t> label;
-  OneHotScratch(int64_t groups, int64_t cp)
+  OneHotScratch(int64_t groups, int64_t f1, int64_t cp)
       : off(std::max<int64_t>(groups, 1) * kBlock),
         z(cp * kBlock),
         top(kBlock),
         picked(kBlock),
         total(kBlock),
         w(kBlock),
+        tile(f1 * cp),
         label(kBlock) {}
 };
 
@@ -696,6 +709,7 @@ LQ_INLINE bool onehot_block_target(const OneHotProblem<T>& p, int64_t t, int64_t
   }
 
   // (1) logits, top, exp and total per sample
+  const V neg_inf = V{} + (-std::numeric_limits<T>::infinity());
   for (int64_t j = 0; j < nb; ++j) {
     const int64_t* off = sc.off.data() + j * groups;
     T* zj = z + j * cp;
@@ -715,14 +729,11 @@ LQ_INLINE bool onehot_block_target(const OneHotProblem<T>& p, int64_t t, int64_t
       default:
         break;
     }
-    // Padded lanes hold 0 logits: a 0 above every real logit would only move the floor, so the top is
-    // taken over lanes masked to -inf there.
-    const V neg_inf = V{} + (-std::numeric_limits<T>::infinity());
+    // Padded lanes hold 0 logits: the top is taken over lanes masked to -inf there.
     V m = neg_inf;
     for (int64_t u = 0; u < vectors; ++u) {
       const V zu = load<V>(zj + u * W);
-      const V real = load<V>(p.mask + u * W);
-      const V masked = real > T(0) ? zu : neg_inf;
+      const V masked = load<V>(p.lane + u * W) < T(p.classes) ? zu : neg_inf;
       m = masked > m ? masked : m;
     }
     const T top = hmax<T, VB>(m);
@@ -731,7 +742,7 @@ LQ_INLINE bool onehot_block_target(const OneHotProblem<T>& p, int64_t t, int64_t
     V tot = V{};
     for (int64_t u = 0; u < vectors; ++u) {  // a select, not a product: a padded lane's exp may be +inf
       const V e_all = exp_floor<T, VB>(load<V>(zj + u * W) - top);
-      const V e = load<V>(p.mask + u * W) > T(0) ? e_all : V{};
+      const V e = load<V>(p.lane + u * W) < T(p.classes) ? e_all : V{};
       store(zj + u * W, e);
       tot += e;
     }
@@ -752,16 +763,31 @@ LQ_INLINE bool onehot_block_target(const OneHotProblem<T>& p, int64_t t, int64_t
   for (int64_t l = 0; l < VB / 8; ++l) block_loss += loss_lanes[l];
   *loss += block_loss;
 
-  // (3) residual softmax * w - w [label], scattered into the rows of the sample's codes and the intercept
-  double* g_intercept = g + (p.f1 - 1) * cp;
+  // (3) residual exp * w / total - w [lane == label] (whole vectors: a scalar update of one lane would stall
+  // the vector loads that follow), added to the tile rows of the sample's codes and of the intercept
+  T* tile = sc.tile.data();
+  T* tile_intercept = tile + (p.f1 - 1) * cp;
   for (int64_t j = 0; j < nb; ++j) {
     T* zj = z + j * cp;
-    const T q = sc.total[j];
-    for (int64_t u = 0; u < vectors; ++u) store(zj + u * W, load<V>(zj + u * W) * q);
-    zj[sc.label[j]] -= sc.w[j];
+    const T q = sc.total[j], wj = sc.w[j], lj = static_cast<T>(sc.label[j]);
+    for (int64_t u = 0; u < vectors; ++u) {
+      const V r = load<V>(zj + u * W) * q;
+      store(zj + u * W, load<V>(p.lane + u * W) == lj ? r - wj : r);
+    }
     const int64_t* off = sc.off.data() + j * groups;
-    for (int64_t gi = 0; gi < groups; ++gi) add_row_wide<T, VB>(g + off[gi], zj, vectors);
-    add_row_wide<T, VB>(g_intercept, zj, vectors);
+    for (int64_t gi = 0; gi < groups; ++gi) add_row<T, VB>(tile + off[gi], zj, vectors);
+    add_row<T, VB>(tile_intercept, zj, vectors);
+  }
+  // Flush the tile into g: every row when that is cheaper than visiting the block's codes, else only the
+  // rows the codes name (a row named twice is flushed once and then adds its zeros).
+  if (p.f1 <= (groups + 1) * nb) {
+    flush_row<T, VB>(g, tile, p.f1 * vectors);
+  } else {
+    for (int64_t j = 0; j < nb; ++j) {
+      const int64_t* off = sc.off.data() + j * groups;
+      for (int64_t gi = 0; gi < groups; ++gi) flush_row<T, VB>(g + off[gi], tile + off[gi], vectors);
+    }
+    flush_row<T, VB>(g + (p.f1 - 1) * cp, tile_intercept, vectors);
   }
   return out_of_range == 0;
 }
@@ -770,7 +796,7 @@ LQ_INLINE bool onehot_block_target(const OneHotProblem<T>& p, int64_t t, int64_t
 // bad[c] is set on a label outside [0, C) (1) or a code outside [0, F) (2).
 template <typename T, int VB>
 LQ_INLINE void onehot_chunk_body(const OneHotProblem<T>& p, const ChunkRange& r) {
-  OneHotScratch<T> sc(p.groups, p.cp);
+  OneHotScratch<T> sc(p.groups, p.f1, p.cp);
   const int64_t grad_size = p.f1 * p.cp, features = p.f1 - 1;
   for (int64_t c = r.c0; c < r.c1; ++c) {
     double* out = r.out + c * r.out_size;
@@ -853,8 +879,7 @@ std::tuple<at::Tensor, at::Tensor> logistic_onehot_loss_grad_cpu(const at::Tenso
   const int64_t cp = (classes + lanes - 1) / lanes * lanes;
   auto wt = at::zeros({targets, f1, cp}, weights_in.options());
   wt.narrow(2, 0, classes).copy_(weights_in.transpose(1, 2));
-  auto mask = at::zeros({cp}, weights_in.options());
-  mask.narrow(0, 0, classes).fill_(1);
+  auto lane = at::arange(cp, weights_in.options());
 
   const int64_t grad_size = f1 * cp;
   const int64_t out_size = targets * (1 + grad_size);
@@ -870,7 +895,7 @@ std::tuple<at::Tensor, at::Tensor> logistic_onehot_loss_grad_cpu(const at::Tenso
   AT_DISPATCH_FLOATING_TYPES(dtype, kOpOneHot, [&] {
     const OneHotProblem<scalar_t> p{codes.data_ptr<int64_t>(),
                                     wt.data_ptr<scalar_t>(),
-                                    mask.data_ptr<scalar_t>(),
+                                    lane.data_ptr<scalar_t>(),
                                     labels.data_ptr<int64_t>(),
                                     sample_weight.data_ptr<scalar_t>(),
                                     n,

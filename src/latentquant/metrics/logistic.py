@@ -11,18 +11,23 @@ decrease <= 64 eps); the line search is Armijo backtracking with quadratic inter
 scipy's More-Thuente, so iterates differ slightly on the way to the same optimum. Every target keeps its
 own curvature history and step length; the features are shared, so each evaluation is one call of
 ``latentquant::logistic_loss_grad`` for all targets (on CPU a fused C++ pass over blocks of samples; on
-other devices a matrix product and torch ops). Targets are batched in groups of similar class counts;
-within a group, targets with fewer classes are padded with classes that are never predicted.
+other devices a matrix product and torch ops). One-hot features of discrete latents can be given as
+their codes (:class:`OneHotCodes`): each evaluation is then ``latentquant::logistic_onehot_loss_grad``,
+G gathered weight columns per sample instead of an F-long product (F ~ hundreds of one-hot columns), the
+same numbers. Targets are batched in groups of similar class counts; within a group, targets with fewer
+classes are padded with classes that are never predicted.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
 from latentquant.metrics._inputs import cpu_threads
-from latentquant.ops.logistic import logistic_loss_grad
+from latentquant.ops.logistic import logistic_loss_grad, logistic_onehot_loss_grad
 
 _HISTORY = 10
 _MAX_LINE_SEARCH = 50
@@ -44,6 +49,78 @@ class LogisticFit:
     weights: torch.Tensor
     cross_entropy: torch.Tensor
     n_iter: torch.Tensor
+
+
+@dataclass(frozen=True)
+class OneHotCodes:
+    """One-hot features of discrete latents, given as their codes (never formed as an (N, F) matrix).
+
+    Latent g's code ``codes[n, g]`` in ``[0, num_values[g])`` is one-hot in its own block of ``num_values[g]``
+    feature columns, the blocks in latent order: F = sum(num_values) columns in all, as
+    ``torch.cat([one_hot(codes[:, g], num_values[g]) for g ...], dim=1)`` (:meth:`dense`) would give.
+    :func:`fit_logistic` accepts it wherever it accepts a feature matrix.
+
+    Attributes:
+        codes: (N, G) int64 codes.
+        num_values: (G,) int64 values per latent (each >= 1).
+        dtype: float dtype the fit computes in.
+    """
+
+    codes: torch.Tensor
+    num_values: torch.Tensor
+    dtype: torch.dtype = torch.float32
+
+    def __post_init__(self) -> None:
+        if self.codes.ndim != 2 or self.codes.dtype != torch.int64:
+            raise ValueError(
+                f"OneHotCodes: codes must be a 2-D int64 tensor (N, G), got shape {tuple(self.codes.shape)} "
+                f"{self.codes.dtype}"
+            )
+        if tuple(self.num_values.shape) != (self.codes.shape[1],) or bool((self.num_values < 1).any()):
+            raise ValueError(
+                f"OneHotCodes: num_values must be (G,) = ({self.codes.shape[1]},) counts >= 1, got "
+                f"{self.num_values.tolist()}"
+            )
+        if self.dtype not in (torch.float32, torch.float64):
+            raise ValueError(f"OneHotCodes: dtype must be float32 or float64, got {self.dtype}")
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(N, F) of the one-hot matrix."""
+        return self.codes.shape[0], int(self.num_values.sum())
+
+    @property
+    def device(self) -> torch.device:
+        return self.codes.device
+
+    def to(self, dtype: torch.dtype) -> OneHotCodes:
+        """The same features, fit in ``dtype``."""
+        return OneHotCodes(self.codes, self.num_values, dtype)
+
+    def offset_codes(self) -> torch.Tensor:
+        """(G, N) column index of each code in the one-hot matrix (the op's ``codes``)."""
+        starts = torch.cumsum(self.num_values, 0) - self.num_values
+        return (self.codes + starts.to(self.codes.device)).T.contiguous()
+
+    def dense(self) -> torch.Tensor:
+        """(N, F) the one-hot matrix in ``dtype``."""
+        out = torch.zeros(self.shape, dtype=self.dtype, device=self.device)
+        return out.scatter_(1, self.offset_codes().T, 1.0)
+
+
+class _Design(NamedTuple):
+    """The features as the loss op takes them: ``data`` (dense x1t (F1, N) or offset codes (G, N)), the
+    number of weight columns F1 (intercept last) and the op."""
+
+    data: torch.Tensor
+    num_features: int
+    loss_grad: Callable[..., tuple[torch.Tensor, torch.Tensor]]
+
+
+def _design(features: torch.Tensor | OneHotCodes) -> _Design:
+    if isinstance(features, OneHotCodes):
+        return _Design(features.offset_codes(), features.shape[1] + 1, logistic_onehot_loss_grad)
+    return _Design(_with_intercept(features), features.shape[1] + 1, logistic_loss_grad)
 
 
 def _with_intercept(features: torch.Tensor) -> torch.Tensor:
@@ -68,7 +145,7 @@ def _logits(x1t: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
 
 
 def _loss_and_gradient(
-    x1t: torch.Tensor,
+    design: _Design,
     weights: torch.Tensor,
     labels: torch.Tensor,
     sample_weight: torch.Tensor,
@@ -78,9 +155,9 @@ def _loss_and_gradient(
 
     ``labels`` and ``sample_weight`` are (T, N); each target's weights sum to 1; ``l2`` is (T,) or None. Padded classes get a
     probability of at most e^-80 relative to the top class, so their gradient is below 1e-34. The
-    cross-entropy part is ``latentquant::logistic_loss_grad`` (one fused pass on CPU, torch ops elsewhere).
+    cross-entropy part is the design's op (one fused pass on CPU, torch ops elsewhere).
     """
-    loss, gradient = logistic_loss_grad(x1t, weights, labels, sample_weight)
+    loss, gradient = design.loss_grad(design.data, weights, labels, sample_weight)
     if l2 is not None:
         coefficients = weights[:, :, :-1]
         loss = loss + 0.5 * l2 * coefficients.square().sum(dim=(1, 2))
@@ -117,7 +194,7 @@ def _two_loop(gradient: torch.Tensor, s: torch.Tensor, y: torch.Tensor, rho: tor
 
 
 def fit_logistic(
-    features: torch.Tensor,
+    features: torch.Tensor | OneHotCodes,
     labels: torch.Tensor,
     num_classes: torch.Tensor | None = None,
     class_weight: str | None = "balanced",
@@ -129,7 +206,8 @@ def fit_logistic(
     """Fit one multinomial logistic regression per column of ``labels`` on shared ``features``.
 
     Args:
-        features: float features, computed in their dtype (use float64 for scikit-learn-like precision).
+        features: float features, computed in their dtype (use float64 for scikit-learn-like precision);
+            or :class:`OneHotCodes`, one-hot features given as codes (computed in its ``dtype``).
         labels: int class indices ``0 .. num_classes[t] - 1`` per target column.
         num_classes: classes per target; default ``labels.max(0) + 1``.
         class_weight: ``"balanced"`` (weight ``N / (C * count)`` per class, as scikit-learn) or None.
@@ -150,7 +228,7 @@ def fit_logistic(
     Shapes:
         features (N, F), labels (N, T), num_classes (T,).
     """
-    if features.ndim != 2 or not features.is_floating_point():
+    if not isinstance(features, OneHotCodes) and (features.ndim != 2 or not features.is_floating_point()):
         raise ValueError(
             f"features must be a 2-D float tensor, got shape {tuple(features.shape)} {features.dtype}"
         )
@@ -165,7 +243,9 @@ def fit_logistic(
         num_classes = labels.max(dim=0).values + 1
     num_classes = num_classes.to(device=features.device, dtype=torch.int64)
     width = int(num_classes.max())
-    weights = features.new_zeros(labels.shape[1], width, features.shape[1] + 1)
+    weights = torch.zeros(
+        labels.shape[1], width, features.shape[1] + 1, dtype=features.dtype, device=features.device
+    )
     weights[..., -1] = _PAD_LOGIT
     cross_entropy = torch.zeros(labels.shape[1], dtype=torch.float64, device=features.device)
     n_iter = torch.zeros(labels.shape[1], dtype=torch.int64, device=features.device)
@@ -194,7 +274,7 @@ def _class_count_groups(num_classes: list[int], max_padding: float = 1.25) -> li
 
 
 def _fit(
-    features: torch.Tensor,
+    features: torch.Tensor | OneHotCodes,
     labels: torch.Tensor,
     num_classes: torch.Tensor,
     class_weight: str | None,
@@ -207,8 +287,8 @@ def _fit(
     width = int(num_classes.max())
     dtype = features.dtype
 
-    x1t = _with_intercept(features)
-    num_features = x1t.shape[0]
+    design = _design(features)
+    num_features = design.num_features
     counts = torch.zeros(num_targets, width, dtype=dtype, device=features.device)
     counts.scatter_add_(1, labels, torch.ones_like(labels, dtype=dtype))
     if class_weight == "balanced":
@@ -224,7 +304,7 @@ def _fit(
     else:
         l2_per_target = None
     weights = _initial_weights(num_classes, width, num_features, dtype)
-    loss, gradient = _loss_and_gradient(x1t, weights, labels, sample_weight, l2_per_target)
+    loss, gradient = _loss_and_gradient(design, weights, labels, sample_weight, l2_per_target)
     s_hist = torch.zeros(num_targets, _HISTORY, width * num_features, dtype=dtype, device=features.device)
     y_hist = torch.zeros_like(s_hist)
     rho = torch.zeros(num_targets, _HISTORY, dtype=dtype, device=features.device)
@@ -263,7 +343,7 @@ def _fit(
         new_f, new_g = f_a.clone(), g_a.clone()
         for _ in range(_MAX_LINE_SEARCH):
             trial = (x_a + step[:, None] * direction).view(-1, width, num_features)
-            f_t, g_t = _loss_and_gradient(x1t, trial, labels_a, weight_a, l2_a)
+            f_t, g_t = _loss_and_gradient(design, trial, labels_a, weight_a, l2_a)
             accept = pending & torch.isfinite(f_t) & (f_t <= f_a + _ARMIJO * step * slope)
             new_f = torch.where(accept, f_t, new_f)
             new_g = torch.where(accept[:, None], g_t.flatten(1), new_g)
@@ -297,16 +377,16 @@ def _fit(
 
     # The unweighted mean cross-entropy: the loss with uniform sample weights.
     uniform = torch.full_like(sample_weight, 1.0 / max(num_samples, 1))
-    cross_entropy = logistic_loss_grad(x1t, weights, labels, uniform)[0].to(torch.float64)
+    cross_entropy = design.loss_grad(design.data, weights, labels, uniform)[0].to(torch.float64)
     return LogisticFit(weights=weights, cross_entropy=cross_entropy, n_iter=n_iter)
 
 
-def predict_proba_logistic(fit: LogisticFit, features: torch.Tensor) -> torch.Tensor:
+def predict_proba_logistic(fit: LogisticFit, features: torch.Tensor | OneHotCodes) -> torch.Tensor:
     """Class probabilities of each sample under each target's fit (padded classes get 0).
 
     Args:
         fit: result of :func:`fit_logistic`.
-        features: features in the same layout as the fit's.
+        features: features in the same layout as the fit's (:class:`OneHotCodes` are expanded).
 
     Returns:
         (N, T, C_max) probabilities.
@@ -314,12 +394,14 @@ def predict_proba_logistic(fit: LogisticFit, features: torch.Tensor) -> torch.Te
     Shapes:
         features (N, F).
     """
+    if isinstance(features, OneHotCodes):
+        features = features.dense()
     weights = fit.weights.to(features.dtype)
     if features.ndim != 2 or features.shape[1] + 1 != weights.shape[2]:
         raise ValueError(f"features must have shape (N, {weights.shape[2] - 1}), got {tuple(features.shape)}")
     return torch.softmax(_logits(_with_intercept(features), weights), dim=1).permute(2, 0, 1)
 
 
-def predict_logistic(fit: LogisticFit, features: torch.Tensor) -> torch.Tensor:
+def predict_logistic(fit: LogisticFit, features: torch.Tensor | OneHotCodes) -> torch.Tensor:
     """Most probable class of each sample under each target's fit: (N, T) int64 (features (N, F))."""
     return predict_proba_logistic(fit, features).argmax(dim=2)
