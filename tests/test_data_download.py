@@ -271,3 +271,29 @@ def test_a_web_page_instead_of_the_file_is_a_clear_error(tmp_path, server, monke
         dl.download("isaac3d", tmp_path / "data", base_url=url, progress=False)
     with pytest.raises(ValueError, match="expected one of shapes3d, dsprites, mpi3d"):
         dl.download("celeba", tmp_path)
+
+
+def test_one_download_per_folder_and_disk_space_checked_first(tmp_path, server, monkeypatch):
+    import collections
+    import fcntl
+    import os
+
+    handler, url = server
+    data = b"x" * 5000
+    handler.files["3dshapes.h5"] = data
+    _entry(monkeypatch, "shapes3d", data)
+    out = tmp_path / "data"
+    out.mkdir()
+    holder = os.open(out, os.O_RDONLY)
+    fcntl.flock(holder, fcntl.LOCK_EX)  # as another download in progress would
+    try:
+        with pytest.raises(dl.DownloadError, match="another `latentquant data download` is running"):
+            dl.download("shapes3d", out, base_url=url, progress=False)
+    finally:
+        os.close(holder)
+    assert handler.requests == []
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(dl.shutil, "disk_usage", lambda path: usage(10**9, 10**9, 100))
+    with pytest.raises(dl.DownloadError, match=r"needs 0.00 GiB of disk, only 0.00 GiB are free"):
+        dl.download("shapes3d", out, base_url=url, progress=False)
+    assert _leftovers(out) == []

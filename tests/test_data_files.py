@@ -486,3 +486,21 @@ def test_pickled_datasets_carry_no_pixels_and_reopen_their_files(tmp_path, monke
         blob = pickle.dumps(ds)
         assert len(blob) < 20_000, (ds.name, len(blob))  # 12-24 images of 12 KiB would not fit
         assert torch.equal(pickle.loads(blob).images_for(factors), want)
+
+
+def test_cache_refuses_to_start_without_disk_space(tmp_path, monkeypatch):
+    import collections
+
+    folder, _, _ = write_falcor3d(tmp_path)
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr("latentquant.data.cache.shutil.disk_usage", lambda path: usage(10**9, 10**9, 1000))
+    ds = get_dataset("falcor3d", folder, cache_dir=tmp_path / "cache")
+    with pytest.raises(
+        ValueError, match=r"cache: the falcor3d cache needs 0.00 GiB of disk, only 0.00 GiB are free"
+    ):
+        ds.images_for(torch.zeros(1, 7, dtype=torch.int64))
+    assert _names(tmp_path / "cache") == []
+
+
+def _names(directory):
+    return sorted(p.name for p in directory.iterdir()) if directory.exists() else []

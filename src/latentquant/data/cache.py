@@ -5,8 +5,9 @@ Where a cache goes, first match wins: the ``cache_dir`` argument, ``$LATENTQUANT
 own folder when writable, else ``$XDG_CACHE_HOME/latentquant`` (``~/.cache/latentquant``). Outside the
 data's folder the file name starts with a digest of the data's absolute path, so two copies never share
 a cache. A cache is used only when its shape, dtype and byte size are right and it is newer than its
-source; otherwise it is rebuilt. Building writes ``.NAME.tmp-PID`` beside the target with a progress bar,
-flushes and fsyncs it, then renames it into place, so readers never see a partial cache; temporary
+source; otherwise it is rebuilt. Building checks the free disk space and reserves the file's blocks first
+(a full disk is a clear error before any work), writes ``.NAME.tmp-PID`` beside the target with a progress
+bar, flushes and fsyncs it, then renames it into place, so readers never see a partial cache; temporary
 files of dead processes are removed.
 """
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -22,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 CACHE_ENV = "LATENTQUANT_CACHE_DIR"
+_SPARE_BYTES = 64 * 2**20  # left free beyond the cache itself
 
 
 def cache_file(source: Path, stem: str, cache_dir: str | os.PathLike[str] | None = None) -> Path:
@@ -108,8 +111,22 @@ def build_cache(
         file=sys.stderr,
     )
     quiet = not sys.stderr.isatty() if progress is None else not progress
+    nbytes = int(np.prod(shape, dtype=np.int64))
+    free = shutil.disk_usage(path.parent).free
+    if free < nbytes + _SPARE_BYTES:
+        raise ValueError(
+            f"{path.parent}: the {name} cache needs {nbytes / 2**30:.2f} GiB of disk, only {free / 2**30:.2f} GiB "
+            f"are free; set {CACHE_ENV} (or cache_dir) to a folder with room"
+        )
     try:
         out = open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
+        try:  # reserve the blocks now: a full disk under a memory map is SIGBUS, not an error
+            with open(tmp, "r+b") as handle:
+                os.posix_fallocate(handle.fileno(), 0, os.fstat(handle.fileno()).st_size)
+        except OSError as err:
+            raise ValueError(
+                f"{path.parent}: cannot reserve {nbytes / 2**30:.2f} GiB for the {name} cache ({err})"
+            ) from err
         with tqdm(total=n, unit="img", desc=f"{name} cache", disable=quiet) as bar:
             for start in range(0, n, chunk):
                 stop = min(n, start + chunk)

@@ -19,6 +19,8 @@ replaces every URL by ``base_url/<file name>``: for mirrors and for the loopback
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import os
 import shutil
@@ -28,7 +30,7 @@ import time
 import urllib.error
 import urllib.request
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from http.client import HTTPException
 from pathlib import Path
@@ -214,6 +216,7 @@ def _fetch(url: str, part: Path, expected_size: int | None, progress: bool) -> N
                     have = 0  # the server ignored the Range header: start over
                 length = response.headers.get("Content-Length")
                 total = have + int(length) if length is not None else expected_size
+                _need_space(part.parent, (total or 0) - have, url)
                 mode = "ab" if have else "wb"
                 with (
                     open(part, mode) as out,
@@ -245,6 +248,14 @@ def _fetch(url: str, part: Path, expected_size: int | None, progress: bool) -> N
                 ) from err
             _log(f"connection cut at {got} bytes ({err}); resuming")
             time.sleep(min(2.0**attempt, 10.0) * 0.1)
+
+
+def _need_space(directory: Path, nbytes: int, what: str) -> None:
+    free = shutil.disk_usage(directory).free
+    if nbytes > free:
+        raise DownloadError(
+            f"{directory}: {what} needs {nbytes / 2**30:.2f} GiB of disk, only {free / 2**30:.2f} GiB are free"
+        )
 
 
 def _digest(path: Path, algorithm: str) -> str:
@@ -287,6 +298,9 @@ def _unpack(archive_path: Path, destination: Path) -> None:
     if zipfile.is_zipfile(archive_path):
         with zipfile.ZipFile(archive_path) as archive:
             _safe_members_zip(archive, archive_path)
+            _need_space(
+                destination, sum(i.file_size for i in archive.infolist()), f"unpacking {archive_path.name}"
+            )
             for info in archive.infolist():
                 archive.extract(info, destination)
     elif tarfile.is_tarfile(archive_path):
@@ -405,7 +419,34 @@ def download(
     entry = DOWNLOADS[name]
     directory = Path(directory).expanduser()
     directory.mkdir(parents=True, exist_ok=True)
-    _clean_stale(directory)
+    with _directory_lock(directory):
+        _clean_stale(directory)
+        return _download_files(entry, directory, base_url, progress, unpack)
+
+
+@contextlib.contextmanager
+def _directory_lock(directory: Path) -> Iterator[None]:
+    """One download at a time per folder (two would append to the same ``.part``): flock on the folder."""
+    handle = os.open(directory, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise DownloadError(
+                f"{directory}: another `latentquant data download` is running in this folder; wait for it"
+            ) from None
+        yield
+    finally:
+        os.close(handle)  # releases the lock
+
+
+def _download_files(
+    entry: DatasetDownload,
+    directory: Path,
+    base_url: str | None,
+    progress: bool | None,
+    unpack: Callable[[Path, Path], None],
+) -> list[Path]:
     show = sys.stderr.isatty() if progress is None else progress
     placed = []
     for remote in entry.files:
