@@ -112,3 +112,12 @@ def test_gbt_dci_draws_no_bar_off_a_terminal(capsys):
     sources, latents = _data(n=120)
     dci(sources, latents)
     assert capsys.readouterr().err == ""
+
+
+def test_progress_bars_only_when_asked_or_on_a_terminal(capsys):
+    sources, latents = _data(n=120)
+    evaluate_representation(sources, latents, metrics=["infomec", "dci"])
+    assert capsys.readouterr().err == ""  # stderr is not a terminal here
+    evaluate_representation(sources, latents, metrics=["infomec", "dci"], show_progress=True)
+    err = capsys.readouterr().err
+    assert "metrics: dci" in err and "DCI: gradient-boosted trees, one per source" in err

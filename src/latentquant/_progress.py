@@ -28,3 +28,38 @@ def progress(
     from tqdm.auto import tqdm
 
     yield from tqdm(items, desc=desc, total=total, leave=False, file=sys.stderr, dynamic_ncols=True)
+
+
+class Stages:
+    """A bar over named stages of a computation (``desc``: the current stage), only when :func:`show_progress`.
+
+    ``start(name)`` marks the previous stage done and shows ``name``; names not in ``names`` are ignored, so the
+    calls can sit before optional blocks. Use as a context manager.
+    """
+
+    def __init__(self, names: Iterable[str], desc: str, enabled: bool | None = None) -> None:
+        self.names = list(names)
+        self.desc = desc
+        self.started = 0
+        self.bar = None
+        if show_progress(enabled) and self.names:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(
+                total=len(self.names), desc=desc, leave=False, file=sys.stderr, dynamic_ncols=True
+            )
+
+    def start(self, name: str) -> None:
+        if name not in self.names or self.bar is None:
+            return
+        if self.started:
+            self.bar.update(1)
+        self.started += 1
+        self.bar.set_description(f"{self.desc}: {name}")
+
+    def __enter__(self) -> Stages:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.close()

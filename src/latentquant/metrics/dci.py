@@ -84,10 +84,19 @@ def disentanglement_completeness(importance: np.ndarray) -> tuple[float, float]:
     return _weighted_one_minus_entropy(importance), _weighted_one_minus_entropy(importance.T)
 
 
-def _gbt(codes: np.ndarray, x: np.ndarray, train: np.ndarray, test: np.ndarray, seed: int):
+def _gbt(
+    codes: np.ndarray,
+    x: np.ndarray,
+    train: np.ndarray,
+    test: np.ndarray,
+    seed: int,
+    show_progress: bool | None,
+):
     importance = np.zeros((codes.shape[1], x.shape[1]))
     accuracy = np.zeros((2, codes.shape[1]))
-    for i in progress(range(codes.shape[1]), "DCI: gradient-boosted trees, one per source"):
+    for i in progress(
+        range(codes.shape[1]), "DCI: gradient-boosted trees, one per source", enabled=show_progress
+    ):
         model = ensemble.GradientBoostingClassifier(random_state=seed).fit(x[train], codes[train, i])
         importance[i] = np.abs(model.feature_importances_)
         for k, index in enumerate((train, test)):
@@ -117,6 +126,7 @@ def dci(
     model: str = "gbt",
     test_fraction: float = 1 / 3,
     seed: int = 0,
+    show_progress: bool | None = None,
 ) -> DCIResult:
     """Disentanglement, completeness and informativeness of a representation.
 
@@ -128,6 +138,7 @@ def dci(
         test_fraction: share of samples held out for the test informativeness (one third, as
             disentanglement_lib's 10,000 / 5,000).
         seed: seed of the split and of the trees.
+        show_progress: a bar over the per-source tree fits (``"gbt"``); None: only when stderr is a terminal.
 
     Returns:
         :class:`DCIResult`.
@@ -137,17 +148,23 @@ def dci(
     """
     sources, latents = check_pair(sources, latents)
     encoded = encode_sources(sources, device=torch.device("cpu"))
-    return _dci_encoded(encoded, latents, model, test_fraction, seed)
+    return _dci_encoded(encoded, latents, model, test_fraction, seed, show_progress)
 
 
 def _dci_encoded(
-    encoded: EncodedSources, latents: torch.Tensor, model: str, test_fraction: float, seed: int
+    encoded: EncodedSources,
+    latents: torch.Tensor,
+    model: str,
+    test_fraction: float,
+    seed: int,
+    show_progress: bool | None = None,
 ) -> DCIResult:
     if model not in DCI_MODELS:
         raise ValueError(f"model must be one of {DCI_MODELS}, got {model!r}")
     train, test = train_test_split(latents.shape[0], test_fraction, seed)
     if model == "gbt":
-        importance, accuracy = _gbt(encoded.codes.cpu().numpy(), latents.cpu().numpy(), train, test, seed)
+        codes = encoded.codes.cpu().numpy()
+        importance, accuracy = _gbt(codes, latents.cpu().numpy(), train, test, seed, show_progress)
     else:
         importance, accuracy = _linear(encoded, latents, train, test)
     disentanglement, completeness = disentanglement_completeness(importance)

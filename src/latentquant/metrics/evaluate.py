@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from latentquant._progress import Stages
 from latentquant.metrics._inputs import check_pair, cpu_threads, encode_sources
 from latentquant.metrics.dci import DCI_MODELS, DCIResult, _dci_encoded
 from latentquant.metrics.infomec import CONVENTIONS, InfoMECResult, _infomec_encoded
@@ -73,6 +74,7 @@ def evaluate_representation(
     jitter: float = 1e-10,
     seed: int = 0,
     num_threads: int | None = 1,
+    show_progress: bool | None = None,
 ) -> EvaluationResult:
     """InfoMEC, MIG, DCI, SAP, modularity and explicitness of a representation in one call.
 
@@ -89,6 +91,7 @@ def evaluate_representation(
         seed: seed of the split, the trees and the noise.
         num_threads: torch intra-op threads for CPU work (restored afterwards; None keeps torch's), as
             in ``infomec``.
+        show_progress: a bar over the metrics (and GBT-DCI's per-source fits); None: only on a terminal.
 
     Returns:
         :class:`EvaluationResult`.
@@ -105,10 +108,13 @@ def evaluate_representation(
         raise ValueError(f"dci_model must be one of {DCI_MODELS}, got {dci_model!r}")
     sources, latents = check_pair(sources, latents)
     result = EvaluationResult()
-    with cpu_threads(latents.device, num_threads):
+    with cpu_threads(latents.device, num_threads), Stages(metrics, "metrics", show_progress) as stages:
         encoded = encode_sources(sources, device=latents.device)
+        stages.start("infomec")
         if "infomec" in metrics:
             result.infomec = _infomec_encoded(encoded, latents, discrete_latents, convention, jitter, seed)
+        stages.start("mig")
+        stages.start("modularity")
         if "mig" in metrics or "modularity" in metrics:
             binned = binned_mutual_information(encoded, latents, num_bins)
             if "mig" in metrics:
@@ -117,8 +123,10 @@ def evaluate_representation(
                 result.modularity = _modularity_explicitness_encoded(
                     encoded, latents, binned, test_fraction, seed
                 )
+        stages.start("dci")
         if "dci" in metrics:
-            result.dci = _dci_encoded(encoded, latents, dci_model, test_fraction, seed)
+            result.dci = _dci_encoded(encoded, latents, dci_model, test_fraction, seed, show_progress)
+        stages.start("sap")
         if "sap" in metrics:
             result.sap = _sap_encoded(encoded, latents, test_fraction, seed)
     return result
