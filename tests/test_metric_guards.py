@@ -121,3 +121,10 @@ def test_progress_bars_only_when_asked_or_on_a_terminal(capsys):
     evaluate_representation(sources, latents, metrics=["infomec", "dci"], show_progress=True)
     err = capsys.readouterr().err
     assert "metrics: dci" in err and "DCI: gradient-boosted trees, one per source" in err
+
+
+def test_infomec_defaults_to_continuous_latents_like_evaluate_representation():
+    sources, latents = _data()
+    default = infomec(sources, latents)
+    assert default.nmi.tolist() == infomec(sources, latents, False).nmi.tolist()
+    assert default.infom == evaluate_representation(sources, latents, metrics=["infomec"]).infomec.infom

@@ -220,7 +220,7 @@ def infoe_scores(
 def infomec(
     sources: np.ndarray | torch.Tensor,
     latents: np.ndarray | torch.Tensor,
-    discrete_latents: bool,
+    discrete_latents: bool = False,
     convention: str = "paper",
     jitter: float = 1e-10,
     seed: int = 0,
@@ -233,7 +233,8 @@ def infomec(
     Args:
         sources: ground-truth factors, any values; each column label-encoded, none constant.
         latents: the representation, finite.
-        discrete_latents: latents take few distinct values (quantized): plug-in MI on unique values.
+        discrete_latents: latents take few distinct values (quantized): plug-in MI on unique values. Default
+            False (the k-NN estimator), as ``evaluate_representation``.
         convention: ``"paper"`` (default; produced the paper's tables) or ``"standalone"``
             (the authors' later file); the table in this module's docstring lists the differences.
         jitter: relative tie-breaking noise of the k-NN MI estimator (continuous latents).
