@@ -7,7 +7,10 @@ Build knobs (environment variables, all optional):
   torch is a CUDA build *and* a CUDA toolkit (nvcc) is found -- whether a GPU is visible does not matter,
   so CI compiles the CUDA code on a machine without one. ``1`` fails loudly if that is not possible.
 - ``TORCH_CUDA_ARCH_LIST``: GPU architectures to compile for. When unset and no GPU is visible we compile
-  for ``9.0`` (Hopper) only, which keeps CI's compile short; with a GPU visible torch picks its arch.
+  for ``DEFAULT_CUDA_ARCH_LIST`` = ``8.0;9.0+PTX``: machine code for A100 (sm_80) and H100/H200 (sm_90),
+  plus sm_90 PTX that the driver JIT-compiles on newer GPUs (Blackwell), so the build runs on any GPU from
+  sm_80 on. With a GPU visible torch picks that GPU's arch. CI (.ci/build_cuda.sh) sets ``9.0`` to keep its
+  compile short.
 - ``MAX_JOBS``: parallel compile jobs (ninja), honoured by torch's BuildExtension.
 
 torch is not a build requirement: install with ``pip install --no-build-isolation .``.
@@ -19,6 +22,15 @@ import os
 from setuptools import find_packages, setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_CUDA_ARCH_LIST = "8.0;9.0+PTX"
+
+
+def cuda_arch_list(env: dict[str, str], gpu_visible: bool) -> str | None:
+    """The TORCH_CUDA_ARCH_LIST to build with: the user's, else (no GPU visible) DEFAULT_CUDA_ARCH_LIST,
+    else None (torch compiles for the visible GPU)."""
+    if env.get("TORCH_CUDA_ARCH_LIST"):
+        return env["TORCH_CUDA_ARCH_LIST"]
+    return None if gpu_visible else DEFAULT_CUDA_ARCH_LIST
 
 
 def _rel(pattern: str) -> list[str]:
@@ -47,8 +59,9 @@ def _extensions():
     cxx = ["-O3", "-std=c++20", "-fopenmp", "-DLATENTQUANT_EXTENSION"]
     extra_link = ["-fopenmp"]
     if with_cuda:
-        if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
-            os.environ["TORCH_CUDA_ARCH_LIST"] = "9.0"
+        arch = cuda_arch_list(dict(os.environ), torch.cuda.is_available())
+        if arch is not None:
+            os.environ["TORCH_CUDA_ARCH_LIST"] = arch
         ext = CUDAExtension(
             "latentquant._C",
             sources + _rel("csrc/cuda/*.cu"),
@@ -65,10 +78,10 @@ def _extensions():
     return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}
 
 
-ext_modules, cmdclass = _extensions()
-
-setup(
-    packages=find_packages("src") + ["latentquant.triton_kernels"],
-    ext_modules=ext_modules,
-    cmdclass=cmdclass,
-)
+if __name__ == "__main__":  # pip's setuptools backend and `python setup.py ...` run it as __main__
+    ext_modules, cmdclass = _extensions()
+    setup(
+        packages=find_packages("src") + ["latentquant.triton_kernels"],
+        ext_modules=ext_modules,
+        cmdclass=cmdclass,
+    )

@@ -11,6 +11,10 @@
 #include <cmath>
 #include <limits>
 
+#if defined(__unix__) || defined(__APPLE__)
+#include <unistd.h>
+#endif
+
 namespace latentquant {
 
 // float16 / bfloat16 / float32 compute in float; float64 in double.
@@ -38,6 +42,25 @@ inline void check_rank(const at::Tensor& t, int64_t rank, const char* op, const 
 
 inline void check_indices(const at::Tensor& t, const char* op) {
   TORCH_CHECK_VALUE(t.scalar_type() == at::kLong, op, ": indices must be int64, got ", t.scalar_type());
+}
+
+// Physical memory of the machine in bytes (0 when unknown).
+inline int64_t physical_memory_bytes() {
+#if defined(_SC_PHYS_PAGES) && defined(_SC_PAGESIZE)
+  const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+  if (pages > 0 && page > 0) return static_cast<int64_t>(pages) * page;
+#endif
+  return 0;
+}
+
+// A working buffer of `count` elements of `elem_bytes` that could never fit in this machine's memory is a
+// ValueError naming the op and the sizes, raised before anything is allocated (instead of an allocation
+// that fails later or wakes the OOM killer).
+inline void check_fits(int64_t count, int64_t elem_bytes, const char* op, const char* what) {
+  const int64_t limit = physical_memory_bytes();
+  const bool overflow = count > 0 && elem_bytes > std::numeric_limits<int64_t>::max() / count;
+  TORCH_CHECK_VALUE(!overflow && (limit == 0 || count * elem_bytes <= limit), op, ": ", what, " needs ", count,
+                    " elements of ", elem_bytes, " bytes, more than this machine's memory (", limit, " bytes)");
 }
 
 // Rows per chunk for deterministic reductions: partial sums are formed per fixed-size chunk of
@@ -162,9 +185,48 @@ inline void quantize_rows(const scalar_t* z, const acc_t* table, int64_t D, int6
   if (!finite) bad = true;
 }
 
-// The (K, R * D) table quantize_rows reads, built from values (D, K) in the compute dtype, with
-// R = max(1, 256 / D) rows per block (a block of about 256 elements stays in L1).
+// Nearest values for the rows [n0, n1) of z (N, D) read straight from values (D, K) (contiguous in the
+// compute dtype): the path for codebooks whose replicated table would exceed kTableBudget. Same results
+// as quantize_rows (ties to the lowest index, NaN -> index 0); the loss is summed per row.
+template <bool kLoss, typename scalar_t, typename acc_t>
+inline void quantize_rows_direct(const scalar_t* z, const acc_t* values, int64_t D, int64_t K, int64_t n0,
+                                 int64_t n1, scalar_t* z_q, int64_t* indices, double& sq, bool& bad) {
+  const acc_t big = std::numeric_limits<acc_t>::max();
+  int finite = 1;
+  for (int64_t n = n0; n < n1; ++n) {
+    acc_t row_sq = 0;
+    for (int64_t d = 0; d < D; ++d) {
+      const int64_t i = n * D + d;
+      const acc_t x = static_cast<acc_t>(z[i]);
+      finite &= static_cast<int>(std::abs(x) <= big);
+      const acc_t* v = values + d * K;
+      acc_t best_d = std::abs(x - v[0]);
+      int64_t best = 0;
+      for (int64_t k = 1; k < K; ++k) {
+        const acc_t dk = std::abs(x - v[k]);
+        if (dk < best_d) {
+          best_d = dk;
+          best = k;
+        }
+      }
+      z_q[i] = static_cast<scalar_t>(v[best]);
+      indices[i] = best;
+      if constexpr (kLoss) row_sq += (x - v[best]) * (x - v[best]);
+    }
+    if constexpr (kLoss) sq += static_cast<double>(row_sq);
+  }
+  if (!finite) bad = true;
+}
+
+// Largest replicated table (bytes) the scalar-codebook CPU kernels build: 4 MiB. Whatever K, the forward's
+// working memory is this table (or none) plus one copy of values in the compute dtype.
+constexpr int64_t kTableBudget = int64_t(1) << 22;
+
+// What quantize_rows reads: values (D, K) in the compute dtype and, when it fits kTableBudget, the
+// (K, R * D) table with R = min(256 / D, kTableBudget / (K * D * sizeof(acc_t))) >= 1 rows per block (a
+// block of about 256 elements stays in L1). rows_per_block == 0: no table, quantize_rows_direct serves.
 struct ScalarTable {
+  at::Tensor values;
   at::Tensor table;
   int64_t rows_per_block;
 };
@@ -173,9 +235,64 @@ inline ScalarTable scalar_table(const at::Tensor& values, const char* op) {
   const int64_t D = values.size(0), K = values.size(1);
   TORCH_CHECK_VALUE(D <= 4096, op, ": at most 4096 latent dimensions per call are supported, got ", D,
                     " (split the latents into several calls)");
-  const int64_t rows = std::max<int64_t>(1, 256 / std::max<int64_t>(1, D));
+  const int64_t per_row = K * std::max<int64_t>(1, D) * static_cast<int64_t>(values.element_size());
+  const int64_t rows = std::min<int64_t>(std::max<int64_t>(1, 256 / std::max<int64_t>(1, D)), kTableBudget / per_row);
+  if (rows < 1 || K > std::numeric_limits<int32_t>::max()) return {values, at::Tensor(), 0};
   auto table = values.t().unsqueeze(1).expand({K, rows, D}).contiguous().view({K, rows * D});
-  return {table, rows};
+  return {values, table, rows};
+}
+
+// quantize_rows or quantize_rows_direct, as the table says.
+template <bool kLoss, typename scalar_t, typename acc_t>
+inline void quantize_range(const scalar_t* z, const ScalarTable& t, int64_t D, int64_t K, int64_t n0, int64_t n1,
+                           scalar_t* z_q, int64_t* indices, double& sq, bool& bad) {
+  if (t.rows_per_block > 0) {
+    quantize_rows<kLoss>(z, t.table.const_data_ptr<acc_t>(), D, K, t.rows_per_block, n0, n1, z_q, indices, sq,
+                         bad);
+  } else {
+    quantize_rows_direct<kLoss>(z, t.values.const_data_ptr<acc_t>(), D, K, n0, n1, z_q, indices, sq, bad);
+  }
+}
+
+// values (D, K) as a contiguous tensor of the compute dtype `ct`, after checking that copy can fit.
+inline at::Tensor codebook_in_compute_dtype(const at::Tensor& values, at::ScalarType ct, const char* op,
+                                            const char* name) {
+  check_fits(values.numel(), static_cast<int64_t>(c10::elementSize(ct)), op, name);
+  return values.to(ct).contiguous();
+}
+
+// Shape checks of the scalar-codebook backward ops: `name` (N, D) float and indices (N, D) int64 against
+// values (D, K) float, on one device.
+inline void check_scalar_backward(const at::Tensor& grad, const char* name, const at::Tensor& indices,
+                                  const at::Tensor& values, const char* op) {
+  check_float(grad, op, name);
+  check_float(values, op, "values");
+  check_indices(indices, op);
+  check_rank(grad, 2, op, name);
+  check_rank(values, 2, op, "values");
+  TORCH_CHECK_VALUE(grad.sizes() == indices.sizes(), op, ": ", name, " ", grad.sizes(), " and indices ",
+                    indices.sizes(), " must have the same shape");
+  TORCH_CHECK_VALUE(values.size(0) == grad.size(1), op, ": values must have shape (D, K) with D = ", name,
+                    ".shape[1] = ", grad.size(1), ", got values of shape ", values.sizes());
+  TORCH_CHECK_VALUE(grad.device() == indices.device() && grad.device() == values.device(), op, ": ", name,
+                    " is on ", grad.device(), ", indices on ", indices.device(), " and values on ", values.device(),
+                    "; they must share one device");
+}
+
+// Shape checks of vector_quantize_backward: grad_z_q (N, C) float, indices (N,) int64, codebook (K, C) float.
+inline void check_vector_backward(const at::Tensor& grad, const at::Tensor& indices, const at::Tensor& codebook,
+                                  const char* op) {
+  check_float(grad, op, "grad_z_q");
+  check_float(codebook, op, "codebook");
+  check_indices(indices, op);
+  TORCH_CHECK_VALUE(grad.dim() == 2 && indices.dim() == 1 && grad.size(0) == indices.size(0), op,
+                    ": grad_z_q must be (N, C) and indices (N,), got ", grad.sizes(), " and ", indices.sizes());
+  TORCH_CHECK_VALUE(codebook.dim() == 2 && codebook.size(1) == grad.size(1), op,
+                    ": codebook must have shape (K, C) with C = grad_z_q.shape[1] = ", grad.size(1), ", got ",
+                    codebook.sizes());
+  TORCH_CHECK_VALUE(grad.device() == indices.device() && grad.device() == codebook.device(), op,
+                    ": grad_z_q is on ", grad.device(), ", indices on ", indices.device(), " and codebook on ",
+                    codebook.device(), "; they must share one device");
 }
 
 // Checks of vector_quantize: z (N, C) float, codebook (K, C) float with K >= 1, same device.

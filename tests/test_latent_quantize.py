@@ -191,3 +191,40 @@ def test_nan_raises_naming_the_op():
     z[1, 1] = float("nan")
     with pytest.raises(ValueError, match="latent_quantize: z contains NaN or Inf"):
         latent_quantize(z, torch.zeros(3, 2))
+
+
+@pytest.mark.parametrize("lead", [(5,), (0,)])
+def test_zero_width_latents_empty_in_empty_out(lead):
+    """z (..., 0): empty z_hat and indices, zero loss, empty gradients (it raised a reshape error)."""
+    z = torch.randn(*lead, 0, requires_grad=True)
+    values = torch.randn(0, 4, requires_grad=True)
+    z_hat, idx, loss = latent_quantize(z, values)
+    assert z_hat.shape == z.shape and idx.shape == z.shape and loss.item() == 0.0
+    (z_hat.sum() + loss).backward()
+    assert z.grad.shape == z.shape and values.grad.shape == (0, 4)
+
+
+def test_large_codebook_direct_path_matches_reference():
+    """K = 400,000 values for 3 latents exceeds the 4 MiB table budget: the direct path gives the same
+    indices and loss as the reference, and the same gradients."""
+    g = torch.Generator().manual_seed(8)
+    values = random_codebook(3, 400_000, torch.float32, g)
+    z = torch.randn(6, 3, generator=g) * 0.8
+    upstream = torch.randn(6, 3, generator=g)
+    got = _run(latent_quantize, z, values, 0.3, 0.7, upstream)
+    want = _run(latent_quantize_ref, z, values, 0.3, 0.7, upstream)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    for a, b in zip(got[2:], want[2:]):
+        torch.testing.assert_close(a, b, **tol(torch.float32))
+
+
+def test_zeros_for_empty_input_are_contiguous():
+    """The backward's zero gradient for empty z has the kernels' (contiguous) layout even for a transposed
+    codebook, as the fake says."""
+    values = torch.randn(5, 4, dtype=torch.float64).t()
+    z = torch.zeros(0, 4, dtype=torch.float64)
+    idx = torch.zeros(0, 4, dtype=torch.long)
+    _, gv = torch.ops.latentquant.latent_quantize_backward(
+        z, torch.tensor(1.0, dtype=torch.float64), z, values, idx, 0.1, 0.1
+    )
+    assert gv.shape == (4, 5) and gv.is_contiguous() and not gv.any()

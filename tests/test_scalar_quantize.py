@@ -174,3 +174,150 @@ def test_backward_ops_reject_out_of_range_indices():
             0.1,
             0.1,
         )
+
+
+# ---- memory, raw-op validation, layouts (issues 9 and 12) ----
+
+PEAK_RSS = r"""
+import resource, sys, torch
+import latentquant.ops
+z, values = torch.randn(2, 1), torch.randn(1, 2**20)
+latentquant.ops.scalar_quantize(z, values)  # warm-up: lazy initialisations are not the table
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+latentquant.ops.scalar_quantize(z, values)
+latentquant.ops.latent_quantize(z, values)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)
+"""
+
+
+def test_wide_codebook_memory_is_bounded():
+    """K = 2^20 values for one latent: the replicated lookup table is capped at 4 MiB (it took 1 GiB, and
+    K = 2^24 took 16 GiB). Peak RSS growth over the calls, measured in a fresh process."""
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", PEAK_RSS],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"OMP_NUM_THREADS": "1"},
+    )
+    grown_mib = int(out.stdout.strip().splitlines()[-1])
+    assert grown_mib < 48, f"peak RSS grew by {grown_mib} MiB"
+
+
+@pytest.mark.parametrize(("d", "k"), [(1, 2**20), (3, 300_000), (3, 400_000), (300, 5000)])
+def test_codebooks_past_the_table_budget_match_reference(d, k):
+    """Codebooks whose table fits only with fewer rows per block (K D = 3 x 300,000 floats) or not at all
+    (the direct path: 3 x 400,000, 1 x 2^20 with doubles) give the reference's indices and values, ties
+    included."""
+    g = torch.Generator().manual_seed(d + k)
+    dtype = torch.float64 if k == 2**20 else torch.float32
+    values = random_codebook(d, k, dtype, g)
+    values[:, k - 1] = values[:, 0]  # a duplicate: index 0 must win
+    z = (torch.randn(6, d, generator=g, dtype=torch.float64) * 0.8).to(dtype)
+    z[0] = values[:, 0]
+    z_q, idx = scalar_quantize(z, values)
+    z_q_ref, idx_ref = scalar_quantize_ref(z, values)
+    assert torch.equal(idx, idx_ref) and torch.equal(z_q, z_q_ref)
+    assert not (idx == k - 1).any()
+
+
+def test_codebook_that_cannot_fit_in_memory_is_a_clear_error():
+    """A (1, 2^50) codebook (a stride-0 view) would need a 4 PiB working copy: a ValueError naming the op
+    before anything is allocated, not an allocator failure or the OOM killer."""
+    values = torch.zeros(1, 1).expand(1, 2**50)
+    with pytest.raises(
+        ValueError, match="scalar_quantize: values needs 1125899906842624 elements of 4 bytes"
+    ):
+        scalar_quantize(torch.zeros(2, 1), values)
+    with pytest.raises(ValueError, match="scalar_quantize_backward: the gradient accumulator"):
+        torch.ops.latentquant.scalar_quantize_backward(
+            torch.zeros(2, 1), torch.zeros(2, 1, dtype=torch.long), values
+        )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            (torch.ones(4, 2), torch.zeros(4, 2, dtype=torch.long), torch.zeros(3, 5)),
+            r"values must have shape \(D, K\) with D = grad_z_q.shape\[1\] = 2, got values of shape \[3, 5\]",
+        ),
+        (
+            (torch.ones(4, 2), torch.zeros(4, 3, dtype=torch.long), torch.zeros(2, 5)),
+            r"grad_z_q \[4, 2\] and indices \[4, 3\] must have the same shape",
+        ),
+        (
+            (torch.ones(4, 2, dtype=torch.long), torch.zeros(4, 2, dtype=torch.long), torch.zeros(2, 5)),
+            "grad_z_q must be a floating-point",
+        ),
+        (
+            (torch.ones(8), torch.zeros(8, dtype=torch.long), torch.zeros(2, 5)),
+            "grad_z_q must have 2 dimensions",
+        ),
+    ],
+)
+def test_raw_backward_op_rejects_mismatched_arguments(args, message):
+    """The raw op validates like the public wrapper (it returned a (2, 5) gradient for (3, 5) values)."""
+    with pytest.raises(ValueError, match=f"scalar_quantize_backward: {message}"):
+        torch.ops.latentquant.scalar_quantize_backward(*args)
+
+
+@pytest.mark.parametrize("lead", [(5,), (2, 3), (0,)])
+def test_zero_width_latents_empty_in_empty_out(lead):
+    """z (..., 0) with values (0, K): empty in, empty out (it raised a reshape error)."""
+    z = torch.randn(*lead, 0, requires_grad=True)
+    values = torch.randn(0, 4, requires_grad=True)
+    z_q, idx = scalar_quantize(z, values)
+    assert z_q.shape == z.shape and idx.shape == z.shape and idx.dtype == torch.long
+    z_q.sum().backward()
+    assert values.grad.shape == (0, 4)
+
+
+def _layouts(n: int, d: int) -> dict[str, torch.Tensor]:
+    """2-D (n, d) inputs in the layouts a caller hands the raw ops."""
+    g = torch.Generator().manual_seed(n * d)
+    base = torch.randn(n, d, generator=g, dtype=torch.float64)
+    wide = torch.randn(n, 2 * d + 1, generator=g, dtype=torch.float64)
+    chan = torch.randn(1, d, n, 1, generator=g, dtype=torch.float64).to(memory_format=torch.channels_last)
+    return {
+        "transposed": base.t().contiguous().t(),
+        "sliced": wide[:, 1 : 2 * d + 1 : 2],
+        "channels_last": chan.permute(0, 2, 3, 1).reshape(n, d),  # a channel-first layer at batch 1
+        "row_sliced": torch.randn(2 * n, d, generator=g, dtype=torch.float64)[::2],
+    }
+
+
+@pytest.mark.parametrize("layout", ["transposed", "sliced", "channels_last", "row_sliced"])
+def test_opcheck_on_non_contiguous_layouts(layout):
+    """The fakes return the layout the kernels return (contiguous), whatever the input's strides
+    (opcheck reported 'Stride mismatch (4,1) vs (1,6)' on a transposed input)."""
+    z = _layouts(6, 4)[layout]
+    values = _layouts(5, 4)[layout].t()  # (4, 5), a transposed view for "transposed"
+    torch.library.opcheck(torch.ops.latentquant.scalar_quantize.default, (z, values, True))
+    idx = scalar_quantize(z, values)[1]
+    torch.library.opcheck(
+        torch.ops.latentquant.scalar_quantize_backward.default, (z.clone() * 0 + z, idx, values)
+    )
+    torch.library.opcheck(torch.ops.latentquant.latent_quantize.default, (z, values, 0.1, 0.2, True))
+    grad_loss = torch.tensor(1.5, dtype=torch.float64)
+    torch.library.opcheck(
+        torch.ops.latentquant.latent_quantize_backward.default, (z, grad_loss, z, values, idx, 0.1, 0.2)
+    )
+    codebook = _layouts(7, 4)[layout]
+    torch.library.opcheck(torch.ops.latentquant.vector_quantize.default, (z, codebook, True))
+    vidx = torch.ops.latentquant.vector_quantize(z, codebook, True)[1]
+    torch.library.opcheck(torch.ops.latentquant.vector_quantize_backward.default, (z, vidx, codebook))
+
+
+def test_check_finite_false_skips_the_codebook_check_too():
+    """check_finite covers z and the codebook on every backend (CUDA/Triton skip both; the CPU checked the
+    codebook regardless)."""
+    values = torch.tensor([[0.0, float("nan"), 1.0]])
+    z = torch.tensor([[0.2], [0.9]])
+    with pytest.raises(ValueError, match="values contains NaN or Inf"):
+        scalar_quantize(z, values)
+    z_q, idx = scalar_quantize(z, values, check_finite=False)
+    assert idx.shape == (2, 1)

@@ -107,3 +107,38 @@ def test_errors():
         vector_quantize(torch.zeros(2, 2, dtype=torch.int32), torch.zeros(3, 2))
     with pytest.raises(ValueError, match="codebook is empty"):
         vector_quantize(torch.zeros(2, 2), torch.zeros(0, 2))
+
+
+def test_raw_backward_op_rejects_mismatched_arguments():
+    """The raw op validates like the public wrapper (it returned a (3, 2) gradient for a (3, 5) codebook)."""
+    ops = torch.ops.latentquant
+    with pytest.raises(
+        ValueError, match=r"vector_quantize_backward: codebook must have shape \(K, C\) with C = "
+    ):
+        ops.vector_quantize_backward(torch.ones(4, 2), torch.zeros(4, dtype=torch.long), torch.zeros(3, 5))
+    with pytest.raises(ValueError, match="vector_quantize_backward: grad_z_q must be a floating-point"):
+        ops.vector_quantize_backward(
+            torch.ones(4, 5).long(), torch.zeros(4, dtype=torch.long), torch.zeros(3, 5)
+        )
+
+
+@pytest.mark.parametrize("lead", [(5,), (2, 3), (0,)])
+def test_zero_width_latents_empty_in_empty_out(lead):
+    """z (..., 0) against a (K, 0) codebook: every code is at distance 0, index 0 wins; empty z_q."""
+    z = torch.randn(*lead, 0)
+    codebook = torch.randn(3, 0, requires_grad=True)
+    z_q, idx = vector_quantize(z, codebook)
+    assert z_q.shape == z.shape and idx.shape == lead and not idx.any()
+    z_q.sum().backward()
+    assert codebook.grad.shape == (3, 0)
+
+
+def test_identical_codes_get_identical_norms():
+    """||c||^2 is summed in column order in the kernel, so duplicates at C >= 128 with C % 4 != 0 (rows at
+    different alignments) tie exactly and the lower index wins."""
+    g = torch.Generator().manual_seed(3)
+    for c in (131, 257):
+        codebook = torch.randn(70, c, generator=g)
+        codebook[65] = codebook[3]
+        z = torch.cat([codebook[3:4], codebook[3:4] + 1e-3 * torch.randn(5, c, generator=g)])
+        assert vector_quantize(z, codebook)[1].tolist() == [3] * 6

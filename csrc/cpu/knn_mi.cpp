@@ -634,6 +634,8 @@ void check_inputs(const at::Tensor& x, const at::Tensor& y, int64_t n_neighbors,
   TORCH_CHECK_VALUE(x.size(0) < (int64_t(1) << 31), op, ": at most 2^31 - 1 samples, got ", x.size(0));
   TORCH_CHECK_VALUE(n_neighbors >= 1 && n_neighbors < x.size(0), op,
                     ": n_neighbors must be in [1, N - 1] for N = ", x.size(0), " samples, got ", n_neighbors);
+  TORCH_CHECK_VALUE(x.device() == y.device(), op, ": x is on ", x.device(), " but y is on ", y.device());
+  TORCH_CHECK_VALUE(at::isfinite(x).all().item<bool>(), op, ": x contains NaN or Inf");
 }
 
 at::Tensor knn_mi_cd_cpu(const at::Tensor& x_in, const at::Tensor& y_in, int64_t n_neighbors) {
@@ -825,6 +827,7 @@ at::Tensor knn_mi_cc_cpu(const at::Tensor& x_in, const at::Tensor& y_in, int64_t
   check_inputs(x_in, y_in, n_neighbors, op);
   check_rank(y_in, 3, op, "y");
   TORCH_CHECK_VALUE(y_in.scalar_type() == at::kDouble, op, ": y must be float64, got ", y_in.scalar_type());
+  TORCH_CHECK_VALUE(at::isfinite(y_in).all().item<bool>(), op, ": y contains NaN or Inf");
   const at::Tensor x = x_in.contiguous(), y = y_in.contiguous();
   const int64_t n = x.size(0), lat = x.size(1), src = y.size(1), dx = x.size(2), dy = y.size(2);
   auto out = at::empty({lat, src}, x.options());

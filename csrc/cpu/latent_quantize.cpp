@@ -15,10 +15,9 @@ constexpr const char* kOp = "latent_quantize";
 template <typename scalar_t, typename acc_t>
 double latent_quantize_fwd_kernel(const scalar_t* z, const ScalarTable& t, int64_t N, int64_t D, int64_t K,
                                   scalar_t* z_hat, int64_t* indices, std::atomic<bool>& bad) {
-  const acc_t* table = t.table.const_data_ptr<acc_t>();
   auto sum = chunked_row_reduce(N, 1, [&](int64_t n0, int64_t n1, double* acc) {
     bool local_bad = false;
-    quantize_rows<true>(z, table, D, K, t.rows_per_block, n0, n1, z_hat, indices, acc[0], local_bad);
+    quantize_range<true, scalar_t, acc_t>(z, t, D, K, n0, n1, z_hat, indices, acc[0], local_bad);
     if (local_bad) bad.store(true, std::memory_order_relaxed);
   });
   return sum.template item<double>();
@@ -30,8 +29,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> latent_quantize_cpu(const at::Ten
   check_scalar_codebook(z_in, values_in, kOp);
   const auto ct = compute_dtype(z_in, values_in);
   const auto z = z_in.contiguous();
-  const auto values = values_in.to(ct).contiguous();
-  check_values_finite(values, kOp, "values");
+  const auto values = codebook_in_compute_dtype(values_in, ct, kOp, "values");
+  if (check_finite) check_values_finite(values, kOp, "values");
   const int64_t N = z.size(0), D = z.size(1), K = values.size(1);
   auto z_hat = at::empty_like(z);
   auto indices = at::empty(z.sizes(), z.options().dtype(at::kLong));
@@ -91,10 +90,11 @@ std::tuple<at::Tensor, at::Tensor> latent_quantize_backward_cpu(const at::Tensor
   const auto z = z_in.contiguous();
   const auto grad_z_hat = grad_z_hat_in.to(z.scalar_type()).contiguous();
   const auto indices = indices_in.contiguous();
-  const auto values = values_in.to(ct).contiguous();
+  const auto values = codebook_in_compute_dtype(values_in, ct, op, "values");
+  check_fits(values.numel(), sizeof(double), op, "the gradient accumulator (D * K float64)");
   const int64_t N = z.size(0), D = z.size(1), K = values.size(1);
   auto grad_z = at::empty_like(z);
-  if (z.numel() == 0) return {grad_z, at::zeros_like(values_in)};
+  if (z.numel() == 0) return {grad_z, at::zeros(values_in.sizes(), values_in.options())};
   const double gl = grad_loss.item<double>();
   std::atomic<bool> bad{false};
   at::Tensor grad_values;

@@ -12,11 +12,10 @@ constexpr const char* kOp = "scalar_quantize";
 template <typename scalar_t, typename acc_t>
 void scalar_quantize_fwd_kernel(const scalar_t* z, const ScalarTable& t, int64_t N, int64_t D, int64_t K,
                                 scalar_t* z_q, int64_t* indices, std::atomic<bool>& bad) {
-  const acc_t* table = t.table.const_data_ptr<acc_t>();
   at::parallel_for(0, N, std::max<int64_t>(1, 16384 / std::max<int64_t>(1, D * K)), [&](int64_t n0, int64_t n1) {
     double unused = 0.0;
     bool local_bad = false;
-    quantize_rows<false>(z, table, D, K, t.rows_per_block, n0, n1, z_q, indices, unused, local_bad);
+    quantize_range<false, scalar_t, acc_t>(z, t, D, K, n0, n1, z_q, indices, unused, local_bad);
     if (local_bad) bad.store(true, std::memory_order_relaxed);
   });
 }
@@ -25,8 +24,8 @@ std::tuple<at::Tensor, at::Tensor> scalar_quantize_cpu(const at::Tensor& z_in, c
                                                         bool check_finite) {
   check_scalar_codebook(z_in, values_in, kOp);
   const auto z = z_in.contiguous();
-  const auto values = values_in.to(compute_dtype(z_in, values_in)).contiguous();
-  check_values_finite(values, kOp, "values");
+  const auto values = codebook_in_compute_dtype(values_in, compute_dtype(z_in, values_in), kOp, "values");
+  if (check_finite) check_values_finite(values, kOp, "values");
   const int64_t N = z.size(0), D = z.size(1), K = values.size(1);
   auto z_q = at::empty_like(z);
   auto indices = at::empty(z.sizes(), z.options().dtype(at::kLong));
@@ -52,9 +51,8 @@ std::tuple<at::Tensor, at::Tensor> scalar_quantize_cpu(const at::Tensor& z_in, c
 at::Tensor scalar_quantize_backward_cpu(const at::Tensor& grad_z_q_in, const at::Tensor& indices_in,
                                         const at::Tensor& values) {
   constexpr const char* op = "scalar_quantize_backward";
-  check_indices(indices_in, op);
-  TORCH_CHECK_VALUE(grad_z_q_in.sizes() == indices_in.sizes(), op, ": grad_z_q ", grad_z_q_in.sizes(),
-                    " and indices ", indices_in.sizes(), " must have the same shape");
+  check_scalar_backward(grad_z_q_in, "grad_z_q", indices_in, values, op);
+  check_fits(values.numel(), sizeof(double), op, "the gradient accumulator (D * K float64)");
   const auto grad = grad_z_q_in.contiguous();
   const auto indices = indices_in.contiguous();
   const int64_t N = grad.size(0), D = grad.size(1), K = values.size(1);

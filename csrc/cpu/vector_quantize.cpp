@@ -18,13 +18,26 @@ std::tuple<at::Tensor, at::Tensor> vector_quantize_cpu(const at::Tensor& z_in, c
   check_vector_codebook(z_in, codebook_in, kOp);
   const auto ct = compute_dtype(z_in, codebook_in);
   const auto z = z_in.contiguous();
-  const auto cb = codebook_in.to(ct).contiguous();
-  check_values_finite(cb, kOp, "codebook");
-  const int64_t N = z.size(0), K = cb.size(0);
+  const auto cb = codebook_in_compute_dtype(codebook_in, ct, kOp, "codebook");
+  if (check_finite) check_values_finite(cb, kOp, "codebook");
+  const int64_t N = z.size(0), K = cb.size(0), C = cb.size(1);
   auto indices = at::empty({N}, z.options().dtype(at::kLong));
   if (N == 0) return {at::empty_like(z), indices};
   const auto cb_t = cb.t();
-  const auto half_norm = cb.pow(2).sum(1).mul_(0.5);  // (K,): argmin of ||c||^2/2 - z.c
+  // (K,): argmin of ||c||^2/2 - z.c. Each norm is summed in column order, so identical codes get identical
+  // norms (and the lowest index wins their tie) on every backend.
+  auto half_norm = at::empty({K}, cb.options());
+  AT_DISPATCH_FLOATING_TYPES(ct, kOp, [&] {
+    const scalar_t* c = cb.const_data_ptr<scalar_t>();
+    scalar_t* h = half_norm.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, K, 256, [&](int64_t k0, int64_t k1) {
+      for (int64_t k = k0; k < k1; ++k) {
+        scalar_t s = 0;
+        for (int64_t j = 0; j < C; ++j) s += c[k * C + j] * c[k * C + j];
+        h[k] = s * scalar_t(0.5);
+      }
+    });
+  });
   // Tile rows so a tile's (rows, K) buffer stays around 256 KiB (in L2).
   const int64_t tile = std::max<int64_t>(8, std::min<int64_t>(1024, (int64_t(1) << 16) / K));
   const int64_t tiles = (N + tile - 1) / tile;
@@ -51,10 +64,8 @@ std::tuple<at::Tensor, at::Tensor> vector_quantize_cpu(const at::Tensor& z_in, c
 at::Tensor vector_quantize_backward_cpu(const at::Tensor& grad_z_q_in, const at::Tensor& indices_in,
                                         const at::Tensor& codebook) {
   constexpr const char* op = "vector_quantize_backward";
-  check_indices(indices_in, op);
-  TORCH_CHECK_VALUE(grad_z_q_in.dim() == 2 && indices_in.dim() == 1 && grad_z_q_in.size(0) == indices_in.size(0),
-                    op, ": grad_z_q must be (N, C) and indices (N,), got ", grad_z_q_in.sizes(), " and ",
-                    indices_in.sizes());
+  check_vector_backward(grad_z_q_in, indices_in, codebook, op);
+  check_fits(codebook.numel(), sizeof(double), op, "the gradient accumulator (K * C float64)");
   const auto grad = grad_z_q_in.contiguous();
   const auto indices = indices_in.contiguous();
   const int64_t N = grad.size(0), C = grad.size(1), K = codebook.size(0);

@@ -1,15 +1,25 @@
 // Helpers shared by the CUDA kernels: launch geometry, aligned vector loads, the nearest-value search,
 // warp/block reductions, the NaN/Inf device flag and the shared-memory scatter-add used by every backward.
 //
-// Reductions on the GPU are not bit-deterministic: scatters (grad_values, grad_codebook) add
-// per-block shared-memory partial sums into global memory with atomicAdd in whatever order blocks
-// finish. The aux_loss is deterministic for a given device and shape (fixed grid, per-block partials
+// Scatters (grad_values, grad_codebook) add per-block shared-memory partial sums into global memory with
+// atomicAdd in whatever order blocks finish: not bit-deterministic. Under
+// torch.use_deterministic_algorithms(True) they take a deterministic path instead: each element's
+// contribution and bin are written out and summed by index_put_(accumulate=True), which is deterministic
+// in that mode. The aux_loss is deterministic for a given device and shape (fixed grid, per-block partials
 // summed in block order by one block).
+//
+// Checks (NaN/Inf, indices outside [0, K)) set bits of a device flag that the host reads once per call
+// (one synchronization), except while the current stream is capturing a CUDA graph: then nothing is read
+// back (a sync is illegal there and a replay could not raise) and bad indices are skipped, never written
+// out of bounds.
 #pragma once
 #include "../common.h"
 
+#include <ATen/Context.h>
 #include <ATen/Dispatch.h>
+#include <ATen/cuda/CUDAGraphsUtils.cuh>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/index_put.h>
 #include <ATen/ops/zeros.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAFunctions.h>
@@ -28,6 +38,12 @@ constexpr int64_t kSmemBytes = 32 * 1024;
 // Bits of the device flag written by kernels that check their input.
 constexpr int kZNotFinite = 1;
 constexpr int kCodebookNotFinite = 2;
+constexpr int kBadIndex = 4;
+
+// Whether the host may read check flags back now: not while the current stream captures a CUDA graph.
+inline bool checks_enabled(bool check) {
+  return check && at::cuda::currentStreamCaptureStatus() == at::cuda::CaptureStatus::None;
+}
 
 // Grid for a grid-stride loop over `work` items of `threads` per block: enough blocks to fill the
 // device (8 resident blocks of 256 threads per SM), never more than the work needs, at least one.
@@ -118,11 +134,16 @@ struct NonFiniteFlag {
   at::Tensor flag;
   explicit NonFiniteFlag(const at::Tensor& like) : flag(at::zeros({1}, like.options().dtype(at::kInt))) {}
   int* ptr() { return flag.mutable_data_ptr<int>(); }
-  // Synchronizes the stream (item()) and raises the op's ValueError if a bit is set.
+  // Synchronizes the stream (item()) and raises the op's ValueError if a bit is set. Call only when
+  // checks_enabled(): never during graph capture.
   void raise_if_set(const char* op, const char* codebook_name) const {
     const int bits = flag.item<int>();
-    if (bits & kZNotFinite) raise_not_finite(op);
     TORCH_CHECK_VALUE(!(bits & kCodebookNotFinite), op, ": ", codebook_name, " contains NaN or Inf");
+    if (bits & kZNotFinite) raise_not_finite(op);
+  }
+  // The same for the backward ops: the CPU kernels' error for an index outside [0, K).
+  void raise_if_bad_index(const char* op, int64_t K) const {
+    if (flag.item<int>() & kBadIndex) raise_bad_index(op, K);
   }
 };
 
@@ -136,6 +157,19 @@ __device__ __forceinline__ void set_flag(int* flag, int bits) {
 // block accumulates into shared memory and adds its non-zero partial sums to `bins` with atomicAdd;
 // otherwise it adds to `bins` directly. Each thread takes kVec elements per step, strided by
 // blockDim.x so loads stay coalesced, and loads them all before adding (memory-level parallelism).
+// Deterministic mode: writes contrib_out[i] and bin_out[i] (0 and bin 0 for skipped elements) instead.
+template <typename acc_t, typename Elem>
+__global__ void __launch_bounds__(kThreads)
+    scatter_elems_kernel(int64_t numel, acc_t* __restrict__ contrib_out, int64_t* __restrict__ bin_out, Elem elem) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < numel; i += stride) {
+    int64_t bin = -1;
+    const acc_t c = elem(i, bin);
+    contrib_out[i] = bin >= 0 ? c : acc_t(0);
+    bin_out[i] = bin >= 0 ? bin : 0;
+  }
+}
+
 template <typename acc_t, typename Elem>
 __global__ void __launch_bounds__(kThreads)
     scatter_add_kernel(int64_t numel, int64_t num_bins, bool bins_in_smem, acc_t* __restrict__ bins, Elem elem) {
@@ -170,16 +204,28 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // Launches scatter_add_kernel on the current stream into a zeroed (num_bins,) tensor of `acc_dtype`
-// and returns it.
+// and returns it (deterministic algorithms: scatter_elems_kernel + index_put_, see the file header).
 template <typename acc_t, typename Elem>
 at::Tensor scatter_add(const at::Tensor& like, int64_t numel, int64_t num_bins, at::ScalarType acc_dtype,
                        const Elem& elem) {
   auto bins = at::zeros({num_bins}, like.options().dtype(acc_dtype));
   if (numel == 0 || num_bins == 0) return bins;
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  if (at::globalContext().deterministicAlgorithms()) {
+    auto contrib = at::empty({numel}, like.options().dtype(acc_dtype));
+    auto bin = at::empty({numel}, like.options().dtype(at::kLong));
+    scatter_elems_kernel<acc_t, Elem><<<grid_for(numel), kThreads, 0, stream>>>(
+        numel, contrib.mutable_data_ptr<acc_t>(), bin.mutable_data_ptr<int64_t>(), elem);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    c10::List<std::optional<at::Tensor>> index;
+    index.push_back(bin);
+    bins.index_put_(index, contrib, /*accumulate=*/true);
+    return bins;
+  }
   const bool in_smem = num_bins * static_cast<int64_t>(sizeof(acc_t)) <= kSmemBytes;
   const size_t smem = in_smem ? num_bins * sizeof(acc_t) : 0;
   const int grid = grid_for((numel + kVec - 1) / kVec);
-  scatter_add_kernel<acc_t, Elem><<<grid, kThreads, smem, c10::cuda::getCurrentCUDAStream()>>>(
+  scatter_add_kernel<acc_t, Elem><<<grid, kThreads, smem, stream>>>(
       numel, num_bins, in_smem, bins.mutable_data_ptr<acc_t>(), elem);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return bins;

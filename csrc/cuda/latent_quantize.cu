@@ -4,8 +4,10 @@
 //   aux_loss = (qw + cw) * sum((z - z_q)^2) / numel.
 // Backward, one pass: grad_z = grad_z_hat + grad_loss * 2 cw (z - z_q) / numel, and
 // grad_values[d, k] += grad_loss * 2 qw (z_q - z) / numel scattered through shared memory
-// (atomicAdd: not bit-deterministic). grad_loss is read on the device, so neither pass synchronizes
-// except for the NaN/Inf check (one sync, skipped when check_finite=False).
+// (atomicAdd: not bit-deterministic; deterministic under torch.use_deterministic_algorithms, see
+// common.cuh). grad_loss is read on the device, so neither pass synchronizes except for the checks (one
+// sync each: NaN/Inf in the forward unless check_finite=False, indices in the backward; none while the
+// stream captures a CUDA graph).
 #include "scalar_codebook.cuh"
 
 #include <torch/library.h>
@@ -30,17 +32,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> latent_quantize_cuda(const at::Te
   if (z.numel() == 0) return {z_hat, indices, aux_loss.zero_()};
   const int64_t numel = z.numel();
   auto partials = at::empty({scalar_codebook_fwd_max_grid(numel)}, z.options().dtype(ct));
+  const bool check = checks_enabled(check_finite);
   NonFiniteFlag flag(z);
   LATENTQUANT_DISPATCH_Z_AND_ACC(z.scalar_type(), ct, kOp, {
     const int grid = launch_scalar_codebook_fwd<scalar_t, acc_type, true>(
-        z, values, check_finite, z_hat, indices, partials.mutable_data_ptr<acc_type>(), flag.ptr());
+        z, values, check, z_hat, indices, partials.mutable_data_ptr<acc_type>(), flag.ptr());
     const auto scale =
         static_cast<acc_type>((quantization_weight + commitment_weight) / static_cast<double>(numel));
     finalize_sum_kernel<acc_type><<<1, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
         partials.const_data_ptr<acc_type>(), grid, scale, aux_loss.mutable_data_ptr<acc_type>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  if (check_finite) flag.raise_if_set(kOp, "values");
+  if (check) flag.raise_if_set(kOp, "values");
   return {z_hat, indices, aux_loss};
 }
 
@@ -57,10 +60,11 @@ struct LatentBackwardElem {
   acc_t z_factor, v_factor;
   int64_t D, K;
   scalar_t* __restrict__ grad_z;
+  int* flag;  // kBadIndex for an index outside [0, K) (skipped)
   __device__ acc_t operator()(int64_t i, int64_t& bin) const {
     const int64_t k = indices[i];
-    CUDA_KERNEL_ASSERT(k >= 0 && k < K && "latent_quantize_backward: index out of range [0, K)");
     const bool ok = k >= 0 && k < K;
+    if (!ok) set_flag(flag, kBadIndex);
     const int64_t d = i % D;
     const acc_t gl = *grad_loss;
     const acc_t diff = static_cast<acc_t>(z[i]) - (ok ? values[d * K + k] : acc_t(0));  // z - z_q
@@ -91,8 +95,9 @@ std::tuple<at::Tensor, at::Tensor> latent_quantize_backward_cuda(const at::Tenso
   const auto grad_loss = grad_loss_in.reshape({}).to(ct);
   const int64_t numel = z.numel(), D = values.size(0), K = values.size(1);
   auto grad_z = at::empty_like(z);
-  if (numel == 0) return {grad_z, at::zeros_like(values_in)};
+  if (numel == 0) return {grad_z, at::zeros(values_in.sizes(), values_in.options())};
   const double inv_n = 1.0 / static_cast<double>(numel);
+  NonFiniteFlag flag(z);
   at::Tensor bins;
   LATENTQUANT_DISPATCH_Z_AND_ACC(z.scalar_type(), ct, op, {
     const LatentBackwardElem<scalar_t, acc_type> elem{grad_z_hat.const_data_ptr<scalar_t>(),
@@ -104,9 +109,11 @@ std::tuple<at::Tensor, at::Tensor> latent_quantize_backward_cuda(const at::Tenso
                                                       static_cast<acc_type>(2.0 * quantization_weight * inv_n),
                                                       D,
                                                       K,
-                                                      grad_z.mutable_data_ptr<scalar_t>()};
+                                                      grad_z.mutable_data_ptr<scalar_t>(),
+                                                      flag.ptr()};
     bins = scatter_add<acc_type>(z, numel, D * K, ct, elem);
   });
+  if (checks_enabled(true)) flag.raise_if_bad_index(op, K);
   return {grad_z, bins.view({D, K}).to(values_in.scalar_type())};
 }
 

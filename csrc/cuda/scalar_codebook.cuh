@@ -98,21 +98,4 @@ int launch_scalar_codebook_fwd(const at::Tensor& z, const at::Tensor& values, bo
 // The grid launch_scalar_codebook_fwd will use (to size loss_partials before launching).
 inline int scalar_codebook_fwd_max_grid(int64_t numel) { return grid_for(numel); }
 
-// Shape checks of the backward ops: `name` (N, D) and indices (N, D) int64 against values (D, K).
-inline void check_scalar_backward(const at::Tensor& grad, const char* name, const at::Tensor& indices,
-                                  const at::Tensor& values, const char* op) {
-  check_float(grad, op, name);
-  check_float(values, op, "values");
-  check_indices(indices, op);
-  check_rank(grad, 2, op, name);
-  check_rank(values, 2, op, "values");
-  TORCH_CHECK_VALUE(grad.sizes() == indices.sizes(), op, ": ", name, " ", grad.sizes(), " and indices ",
-                    indices.sizes(), " must have the same shape");
-  TORCH_CHECK_VALUE(values.size(0) == grad.size(1), op, ": values must have shape (D, K) with D = ", grad.size(1),
-                    ", got values of shape ", values.sizes());
-  TORCH_CHECK_VALUE(grad.device() == indices.device() && grad.device() == values.device(), op, ": ", name,
-                    " is on ", grad.device(), ", indices on ", indices.device(), " and values on ", values.device(),
-                    "; they must share one device");
-}
-
 }  // namespace latentquant::cuda

@@ -28,17 +28,19 @@ __device__ __forceinline__ bool better(acc_t da, int64_t ia, acc_t db, int64_t i
   return da < db || (da == db && ia < ib);
 }
 
-// z (N, C) in scalar_t, codebook (K, C) and code_norms (K,) in acc_t, all contiguous.
+// z (N, C) in scalar_t, codebook (K, C) in acc_t, both contiguous.
 // Writes indices (N,) and z_q (N, C) = codebook[indices] in scalar_t. With check_finite, sets
-// kZNotFinite / kCodebookNotFinite in *flag.
+// kZNotFinite / kCodebookNotFinite in *flag. ||c||^2 is accumulated while the code chunks are staged, one
+// code per thread, column by column in a fixed order (never by torch's sum, whose grouping on the GPU
+// depends on each row's address alignment), so identical codes get identical norms.
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads)
-    vector_quantize_fwd_kernel(const scalar_t* __restrict__ z, const acc_t* __restrict__ codebook,
-                               const acc_t* __restrict__ code_norms, int64_t N, int64_t K, int64_t C,
-                               bool check_finite, scalar_t* __restrict__ z_q, int64_t* __restrict__ indices,
-                               int* __restrict__ flag) {
+    vector_quantize_fwd_kernel(const scalar_t* __restrict__ z, const acc_t* __restrict__ codebook, int64_t N,
+                               int64_t K, int64_t C, bool check_finite, scalar_t* __restrict__ z_q,
+                               int64_t* __restrict__ indices, int* __restrict__ flag) {
   __shared__ acc_t zs[kDims][kRows + 1];    // z chunk, transposed: zs[column][row]
   __shared__ acc_t cs[kDims][kCodes + 1];   // code chunk, transposed: cs[column][code]
+  __shared__ acc_t norms[kCodes];           // ||c||^2 of the codes of the current tile
   __shared__ int64_t best_index[kRows];
   const int tx = threadIdx.x % kLanes, ty = threadIdx.x / kLanes;
   int bad = 0;
@@ -59,6 +61,7 @@ __global__ void __launch_bounds__(kThreads)
     }
     for (int64_t code0 = 0; code0 < K; code0 += kCodes) {
       acc_t dot[kMicro][kMicro] = {};
+      acc_t norm = 0;  // thread t < kCodes: ||c||^2 of code code0 + t, in column order
       for (int64_t col0 = 0; col0 < C; col0 += kDims) {
         for (int e = threadIdx.x; e < kRows * kDims; e += blockDim.x) {
           const int r = e / kDims, c = e % kDims;
@@ -76,6 +79,9 @@ __global__ void __launch_bounds__(kThreads)
           cs[c][k] = (code < K && col < C) ? codebook[code * C + col] : acc_t(0);
         }
         __syncthreads();
+        if (threadIdx.x < kCodes) {
+          for (int c = 0; c < kDims; ++c) norm += cs[c][threadIdx.x] * cs[c][threadIdx.x];
+        }
 #pragma unroll 8
         for (int c = 0; c < kDims; ++c) {
           acc_t a[kMicro], b[kMicro];
@@ -91,6 +97,8 @@ __global__ void __launch_bounds__(kThreads)
         }
         __syncthreads();
       }
+      if (threadIdx.x < kCodes) norms[threadIdx.x] = norm;
+      __syncthreads();
 #pragma unroll
       for (int i = 0; i < kMicro; ++i) {
         // Codes of this thread ascend with j, so a strict < keeps the lowest index among equals.
@@ -100,7 +108,7 @@ __global__ void __launch_bounds__(kThreads)
         for (int j = 0; j < kMicro; ++j) {
           const int64_t code = code0 + tx + j * kLanes;
           if (code < K) {
-            const acc_t dist = code_norms[code] - acc_t(2) * dot[i][j];
+            const acc_t dist = norms[tx + j * kLanes] - acc_t(2) * dot[i][j];
             if (dist < d) {
               d = dist;
               idx = code;
@@ -122,6 +130,7 @@ __global__ void __launch_bounds__(kThreads)
           best_i[i] = idx;
         }
       }
+      __syncthreads();  // norms is rewritten by the next code tile
     }
     if (tx == 0) {
 #pragma unroll
@@ -150,32 +159,35 @@ std::tuple<at::Tensor, at::Tensor> vector_quantize_cuda(const at::Tensor& z_in, 
   auto z_q = at::empty_like(z);
   auto indices = at::empty({N}, z.options().dtype(at::kLong));
   if (N == 0) return {z_q, indices};
-  const auto code_norms = codebook.mul(codebook).sum(1);
+  const bool check = checks_enabled(check_finite);
   NonFiniteFlag flag(z);
   const int64_t tiles = (N + kRows - 1) / kRows;
   const int64_t sms = sm_count();
   const int grid = static_cast<int>(std::min<int64_t>(tiles, sms * 16));
   LATENTQUANT_DISPATCH_Z_AND_ACC(z.scalar_type(), ct, kOp, {
     vector_quantize_fwd_kernel<scalar_t, acc_type><<<grid, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
-        z.const_data_ptr<scalar_t>(), codebook.const_data_ptr<acc_type>(), code_norms.const_data_ptr<acc_type>(),
-        N, K, C, check_finite, z_q.mutable_data_ptr<scalar_t>(), indices.mutable_data_ptr<int64_t>(), flag.ptr());
+        z.const_data_ptr<scalar_t>(), codebook.const_data_ptr<acc_type>(), N, K, C, check,
+        z_q.mutable_data_ptr<scalar_t>(), indices.mutable_data_ptr<int64_t>(), flag.ptr());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  if (check_finite) flag.raise_if_set(kOp, "codebook");
+  if (check) flag.raise_if_set(kOp, "codebook");
   return {z_q, indices};
 }
 
 // Element i of grad_z_q (N, C): row n = i / C goes to bin indices[n] * C + (i % C).
+// An index outside [0, K) is skipped and sets kBadIndex in *flag.
 template <typename grad_t, typename acc_t>
 struct VectorBackwardElem {
   const grad_t* __restrict__ grad;
   const int64_t* __restrict__ indices;
   int64_t K, C;
+  int* flag;
   __device__ acc_t operator()(int64_t i, int64_t& bin) const {
     const int64_t n = i / C;
     const int64_t k = indices[n];
-    CUDA_KERNEL_ASSERT(k >= 0 && k < K && "vector_quantize_backward: index out of range [0, K)");
-    bin = (k >= 0 && k < K) ? k * C + (i - n * C) : -1;
+    const bool ok = k >= 0 && k < K;
+    if (!ok) set_flag(flag, kBadIndex);
+    bin = ok ? k * C + (i - n * C) : -1;
     return static_cast<acc_t>(grad[i]);
   }
 };
@@ -183,28 +195,20 @@ struct VectorBackwardElem {
 at::Tensor vector_quantize_backward_cuda(const at::Tensor& grad_in, const at::Tensor& indices_in,
                                          const at::Tensor& codebook) {
   constexpr const char* op = "vector_quantize_backward";
-  check_float(grad_in, op, "grad_z_q");
-  check_float(codebook, op, "codebook");
-  check_indices(indices_in, op);
-  TORCH_CHECK_VALUE(grad_in.dim() == 2 && indices_in.dim() == 1 && grad_in.size(0) == indices_in.size(0), op,
-                    ": grad_z_q must be (N, C) and indices (N,), got ", grad_in.sizes(), " and ", indices_in.sizes());
-  TORCH_CHECK_VALUE(codebook.dim() == 2 && codebook.size(1) == grad_in.size(1), op,
-                    ": codebook must have shape (K, C) with C = grad_z_q.shape[1] = ", grad_in.size(1), ", got ",
-                    codebook.sizes());
-  TORCH_CHECK_VALUE(grad_in.device() == indices_in.device() && grad_in.device() == codebook.device(), op,
-                    ": grad_z_q is on ", grad_in.device(), ", indices on ", indices_in.device(), " and codebook on ",
-                    codebook.device(), "; they must share one device");
+  check_vector_backward(grad_in, indices_in, codebook, op);
   const c10::cuda::CUDAGuard guard(grad_in.device());
   const auto ct = compute_dtype(grad_in, codebook);
   const auto grad = grad_in.contiguous();
   const auto indices = indices_in.contiguous();
   const int64_t K = codebook.size(0), C = codebook.size(1);
+  NonFiniteFlag flag(grad);
   at::Tensor bins;
   LATENTQUANT_DISPATCH_Z_AND_ACC(grad.scalar_type(), ct, op, {
     const VectorBackwardElem<scalar_t, acc_type> elem{grad.const_data_ptr<scalar_t>(),
-                                                      indices.const_data_ptr<int64_t>(), K, C};
+                                                      indices.const_data_ptr<int64_t>(), K, C, flag.ptr()};
     bins = scatter_add<acc_type>(grad, grad.numel(), K * C, ct, elem);
   });
+  if (checks_enabled(true)) flag.raise_if_bad_index(op, K);
   return bins.view({K, C}).to(codebook.scalar_type());
 }
 
