@@ -87,3 +87,23 @@ def test_provenance_record():
     commit = git_commit()
     assert commit is None or len(commit.removesuffix("-dirty")) == 40
     assert git_commit(__import__("pathlib").Path("/")) is None  # not a checkout
+
+
+def test_paper_size_on_cpu_warning(capsys):
+    from latentquant.train.cpu_hint import PaperSizeOnCPU
+
+    hint = PaperSizeOnCPU("cpu", "paper", "paper", total_steps=200_000)
+    hint.observe(9.0)  # the first step (set-up costs) is not used
+    assert capsys.readouterr().err == ""
+    hint.observe(2.5)
+    hint.observe(2.5)  # once only
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "~2.5 s per step" in err and "~5.8 days for 200,000 steps" in err
+    assert "configs/demo.yaml" in err and "encoder=paper and decoder=paper" in err
+    for quiet in (PaperSizeOnCPU("cuda", "paper", "paper", 10), PaperSizeOnCPU("cpu", "cpu", "small", 10)):
+        quiet.observe(1.0)
+        quiet.observe(1.0)
+    assert capsys.readouterr().err == ""
+    single = PaperSizeOnCPU("cpu", "small", "paper", total_steps=1)
+    single.observe(3.0)
+    assert "decoder=paper" in capsys.readouterr().err
