@@ -502,3 +502,24 @@ def test_cache_refuses_to_start_without_disk_space(tmp_path, monkeypatch):
 
 def _names(directory):
     return sorted(p.name for p in directory.iterdir()) if directory.exists() else []
+
+
+def test_prepare_builds_caches_up_front_and_data_show_builds_none(tmp_path, capsys):
+    from latentquant.cli import main
+
+    folder, _, _ = write_falcor3d(tmp_path)
+    out = tmp_path / "grid.png"
+    assert main(["data", "show", "falcor3d", "--data-path", str(folder), "--out", str(out)]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and not list(folder.glob("*.npy"))
+    ds = get_dataset("falcor3d", folder)
+    ds.prepare()
+    assert ds.cache_path.is_file()
+    write_shapes3d(tmp_path / "gzip.h5", gzip=True)
+    h5 = get_dataset("shapes3d", tmp_path / "gzip.h5")
+    h5.prepare()
+    assert h5.cache_path.is_file()
+    write_shapes3d(tmp_path / "plain.h5")
+    plain = get_dataset("shapes3d", tmp_path / "plain.h5")
+    plain.prepare()  # memory-mapped: nothing to build
+    assert not plain.cache_path.exists()
+    Shapes3D().prepare()

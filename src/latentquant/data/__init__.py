@@ -83,6 +83,7 @@ def get_dataset(
     name: str,
     data_path: str | os.PathLike[str] | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
+    cache: bool = True,
 ) -> GroundTruthDataset:
     """The dataset called ``name``: procedural without ``data_path``, read from the real files with it.
 
@@ -93,6 +94,8 @@ def get_dataset(
             folder — or the folder ``latentquant data download`` wrote them to.
         cache_dir: where Falcor3D/Isaac3D keep their 64x64 cache and a gzip-chunked 3dshapes.h5 its
             decompressed one (default: ``latentquant.data.cache``).
+        cache: use those caches (built on first use or by ``dataset.prepare()``); False reads the PNGs /
+            HDF5 chunks of every batch (fine for a few images, ~400 images/s).
     Raises:
         ValueError: unknown name, a real-only dataset without ``data_path``, or a bad file.
         FileNotFoundError: ``data_path`` does not exist (the message names the download command).
@@ -107,12 +110,14 @@ def get_dataset(
             )
         return Shapes3D() if name == "shapes3d" else DSprites()
     if name in ("falcor3d", "isaac3d"):
-        return ImageFolderDataset(data_path, FALCOR3D if name == "falcor3d" else ISAAC3D, cache_dir=cache_dir)
+        return ImageFolderDataset(
+            data_path, FALCOR3D if name == "falcor3d" else ISAAC3D, cache_dir=cache_dir, cache=cache
+        )
     path = Path(data_path).expanduser()
     if not path.exists():
         raise FileNotFoundError(
             f"{name} file not found: {path} (get it with `latentquant data download {name} --dir DIR`)"
         )
     if name == "shapes3d":
-        return Shapes3DFile(_resolve_file(name, path), cache_dir=cache_dir)
+        return Shapes3DFile(_resolve_file(name, path), cache=cache, cache_dir=cache_dir)
     return (DSpritesFile if name == "dsprites" else MPI3DFile)(_resolve_file(name, path))

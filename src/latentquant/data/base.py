@@ -189,6 +189,13 @@ class GroundTruthDataset(torch.utils.data.Dataset, abc.ABC):
         factors = self.sample_factors(batch_size, generator)
         return self.images_for(factors), factors
 
+    def prepare(self) -> None:
+        """Do the one-off work before the first read (build a decoded-image cache); a no-op by default.
+
+        Training calls it before its first step so that a long cache build, or a corrupt file found while
+        building it, happens before the run starts; without the call the work happens on the first read.
+        """
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         i = int(index)
         if not -len(self) <= i < len(self):

@@ -62,7 +62,7 @@ def _show(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if not out.parent.is_dir():
         raise FileNotFoundError(f"--out: folder {out.parent} does not exist")
-    dataset = get_dataset(args.name, args.data_path)
+    dataset = get_dataset(args.name, args.data_path, cache=False)  # a few images: no cache build
     base = save_factor_grid(dataset, out, generator=args.seed, max_columns=args.max_columns)
     fixed = ", ".join(f"{n}={int(v)}" for n, v in zip(dataset.factor_names, base))
     print(f"wrote {out}: {dataset.name}, {dataset.num_factors} factor sweeps around {fixed}")

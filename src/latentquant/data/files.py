@@ -296,6 +296,11 @@ class Shapes3DFile(_FileDataset):
                     ) from err
             raise
 
+    def prepare(self) -> None:
+        """Build the decompressed cache now when images are read through it."""
+        if self.storage == "cache":
+            self.build_cache()
+
     def build_cache(self) -> Path:
         """Decompress ``images`` into the cache now (normally done on first use); returns its path."""
         if open_cache(self.cache_path, self._shape, self.path) is None:

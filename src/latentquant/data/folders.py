@@ -229,6 +229,11 @@ class ImageFolderDataset(GroundTruthDataset):
     def _cache_shape(self) -> tuple[int, ...]:
         return (len(self), CACHE_SIZE, CACHE_SIZE, 3)
 
+    def prepare(self) -> None:
+        """Build the 64x64 cache now (when images are served from it)."""
+        if self._use_cache:
+            self.build_cache()
+
     def build_cache(self) -> Path:
         """Build (or reuse) the 64x64 cache; returns its path. Safe to run from several processes at once."""
         if open_cache(self.cache_path, self._cache_shape, self.labels_path) is None:
