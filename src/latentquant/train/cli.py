@@ -32,7 +32,8 @@ def register(subparsers: Any) -> None:
     train = subparsers.add_parser(
         "train",
         help="train a zoo model, evaluate it and write a report",
-        description="Train a zoo model (QLAE, AE, beta-VAE, beta-TCVAE, BioAE, VQ-VAE) with the paper's "
+        description="Train a zoo model (QLAE, AE, beta-VAE, beta-TCVAE, BioAE, VQ-VAE, QLInfoWGAN-GP, "
+        "InfoWGAN-GP, WGAN-GP) with the paper's "
         "defaults, evaluate InfoM/InfoE/InfoC and PSNR, and write the run directory with report.html.",
         epilog=_EPILOG + _settings_listing(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -44,7 +45,9 @@ def register(subparsers: Any) -> None:
         help="print every setting (value after --config, flags and overrides; default; description) and exit",
     )
     train.add_argument(
-        "--model", help="zoo model: qlae, qlae_global, qlae_no_wd, ae, beta_vae, beta_tcvae, bioae, vqvae"
+        "--model",
+        help="zoo model: qlae, qlae_global, qlae_no_wd, ae, beta_vae, beta_tcvae, bioae, vqvae, "
+        "qlinfowgan, qlinfowgan_no_wd, infowgan, wgan",
     )
     train.add_argument("--dataset", help="dataset name (shapes3d, dsprites, ...)")
     train.add_argument(

@@ -130,7 +130,9 @@ def plot_gan_curves(records: Sequence[dict[str, Any]], path: Path) -> None:
             points = [(r["step"], r["losses"][term]) for r in train if term in r.get("losses", {})]
             if points:
                 steps, series = zip(*points)
-                ax.plot(steps, series, linewidth=1.2, label=term)
+                ax.plot(
+                    steps, series, linewidth=1.2, label=term, marker="o" if len(points) < 20 else None, ms=3
+                )
         ax.set_xlabel("step", fontsize=8)
         ax.grid(alpha=0.3)
         if ax.lines:
@@ -201,6 +203,10 @@ def write_html(
             value = metrics[key]
             text = f"{value:.4f}" if isinstance(value, float) else str(value)
             rows.append(f"<tr><th>{html.escape(key)}</th><td>{html.escape(text)}</td></tr>")
+    provenance = "".join(
+        f"<tr><th>{html.escape(str(key))}</th><td>{html.escape(str(value))}</td></tr>"
+        for key, value in (metrics.get("provenance") or {}).items()
+    )
     captions = {
         "reconstructions": "Reconstructions of evaluation images (top: input, bottom: output).",
         "traversals": "Latent traversals: each row decodes one evaluation image's representation with one "
@@ -230,6 +236,8 @@ img{{max-width:100%}}figure{{margin:1.5em 0}}pre{{background:#f5f5f5;padding:1em
 {"".join(figures)}
 <h2>Configuration</h2>
 <pre>{html.escape(yaml.safe_dump(config, sort_keys=False))}</pre>
+<h2>Provenance</h2>
+<table>{provenance}</table>
 </body></html>
 """
     path = out_dir / "report.html"
