@@ -4,6 +4,9 @@
   N = 262,144 and larger, per backend: time, achieved bandwidth, and the fraction of the bandwidth of a
   torch copy of the same bytes (the memory floor) timed in the same run.
 - vector_quantize forward per backend against ``torch.cdist(z, codebook).argmin(1)`` + gather.
+- The k-NN MI matrix of ``latentquant.mi.mutual_info_continuous_discrete`` (Ross, k = 3) for
+  1,000,000 samples x 64 latents x 10 sources (``LATENTQUANT_BENCH_MI_N`` to change N) on the GPU kernels:
+  time, and the share of device time spent in sort kernels (from the profiler).
 
 Run: ``pytest -s benchmarks/bench_gpu.py`` or ``python benchmarks/bench_gpu.py``. Backends are called
 through the op-signature functions (``torch.ops.latentquant.*`` for CUDA, ``KERNELS`` of
@@ -12,6 +15,7 @@ through the op-signature functions (``torch.ops.latentquant.*`` for CUDA, ``KERN
 
 from __future__ import annotations
 
+import os
 from functools import partial
 
 import pytest
@@ -21,6 +25,7 @@ from timing import median_seconds, print_table
 from latentquant.ops import _registry
 
 D, K = 12, 10
+MI_N, MI_LATENTS, MI_SOURCES = int(os.environ.get("LATENTQUANT_BENCH_MI_N", "1000000")), 64, 10
 LATENT_ROWS = [262_144, 1_048_576, 4_194_304]
 # Bytes per element: forward reads z (4), writes z_hat (4) and indices (8); backward reads grad_z_hat (4),
 # z (4) and indices (8) and writes grad_z (4). float32 z.
@@ -117,6 +122,44 @@ def bench_vector_quantize(backends) -> list[dict[str, object]]:
     return rows
 
 
+def bench_mi_matrix() -> list[dict[str, object]]:
+    """The (64, 10) Ross MI matrix of 1,000,000 samples on the GPU; sort share from the CUDA profiler."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from latentquant.mi import mutual_info_continuous_discrete
+
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    sources = torch.randint(0, 10, (MI_N, MI_SOURCES), device="cuda", generator=gen)
+    latents = torch.randn(MI_N, MI_LATENTS, device="cuda", generator=gen)
+    latents[:, :MI_SOURCES] += sources.float()  # some informative latents
+
+    def run():
+        return mutual_info_continuous_discrete(latents, sources, n_neighbors=3)
+
+    out = run()  # warm-up: Triton compiles
+    assert out.shape == (MI_LATENTS, MI_SOURCES) and bool(torch.isfinite(out).all())
+    assert bool((out[:MI_SOURCES].diagonal() > 0.5).all()), "an informative latent scored no information"
+    seconds = median_seconds(run, warmup=0, repeats=3)
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        run()
+        torch.cuda.synchronize()
+    events = prof.key_averages()
+    total = sum(e.self_device_time_total for e in events)
+    sort = sum(
+        e.self_device_time_total for e in events if "sort" in e.key.lower() or "radix" in e.key.lower()
+    )
+    peak = torch.cuda.max_memory_allocated() / 2**30
+    return [
+        {
+            "shape": f"{MI_N}x{MI_LATENTS} latents x {MI_SOURCES} sources",
+            "s": seconds,
+            "pairs/s": MI_LATENTS * MI_SOURCES / seconds,
+            "sort share": sort / max(total, 1),
+            "peak GiB": peak,
+        }
+    ]
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_bench_gpu():
     backends = _backends()
@@ -125,6 +168,8 @@ def test_bench_gpu():
     device = torch.cuda.get_device_name()
     print_table(f"latent_quantize fwd+bwd, float32, on {device}", bench_latent_quantize(backends))
     print_table(f"vector_quantize fwd, float32, on {device}", bench_vector_quantize(backends))
+    if _registry.has_kernel("knn_mi_cd", "CUDA"):
+        print_table(f"k-NN MI matrix (Ross, k = 3), float64, on {device}", bench_mi_matrix())
 
 
 if __name__ == "__main__":

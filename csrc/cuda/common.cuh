@@ -17,12 +17,12 @@
 
 #include <ATen/Context.h>
 #include <ATen/Dispatch.h>
-#include <ATen/cuda/CUDAGraphsUtils.cuh>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/index_put.h>
 #include <ATen/ops/zeros.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAFunctions.h>
+#include <c10/cuda/CUDAGraphsC10Utils.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
@@ -41,8 +41,9 @@ constexpr int kCodebookNotFinite = 2;
 constexpr int kBadIndex = 4;
 
 // Whether the host may read check flags back now: not while the current stream captures a CUDA graph.
+// Called under the op's CUDAGuard, after its tensors exist, so the device's context already does.
 inline bool checks_enabled(bool check) {
-  return check && at::cuda::currentStreamCaptureStatus() == at::cuda::CaptureStatus::None;
+  return check && c10::cuda::currentStreamCaptureStatusMayInitCtx() == c10::cuda::CaptureStatus::None;
 }
 
 // Grid for a grid-stride loop over `work` items of `threads` per block: enough blocks to fill the
