@@ -523,3 +523,19 @@ def test_prepare_builds_caches_up_front_and_data_show_builds_none(tmp_path, caps
     plain.prepare()  # memory-mapped: nothing to build
     assert not plain.cache_path.exists()
     Shapes3D().prepare()
+
+
+def test_data_prepare_command_and_npz_labels(tmp_path, capsys):
+    from latentquant.cli import main
+
+    folder, _, _ = write_isaac3d(tmp_path)
+    argv = ["data", "prepare", "isaac3d", "--data-path", str(tmp_path), "--cache-dir", str(tmp_path / "c")]
+    assert main(argv) == 0
+    assert "ready (cache" in capsys.readouterr().out and len(list((tmp_path / "c").glob("*.npy"))) == 1
+    write_shapes3d(tmp_path / "3dshapes.h5")
+    assert main(["data", "prepare", "shapes3d", "--data-path", str(tmp_path)]) == 0
+    assert "no cache needed" in capsys.readouterr().out
+    np.savez(folder / "labels.npy", labels=np.zeros((4, 9)))  # np.savez appends .npz: rename over
+    os.replace(folder / "labels.npy.npz", folder / "labels.npy")
+    assert main(["data", "prepare", "isaac3d", "--data-path", str(folder)]) == 2
+    assert "labels.npy: an .npz archive, expected one .npy array" in capsys.readouterr().err

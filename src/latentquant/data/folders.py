@@ -195,6 +195,9 @@ class ImageFolderDataset(GroundTruthDataset):
             labels = np.load(labels_path, mmap_mode="r", allow_pickle=False)
         except (ValueError, OSError, EOFError) as err:
             raise ValueError(f"{labels_path}: not a readable .npy labels array ({err})") from err
+        if not isinstance(labels, np.ndarray):  # an .npz archive
+            labels.close()
+            raise ValueError(f"{labels_path}: an .npz archive, expected one .npy array of labels")
         width = len(self.spec.factor_names)
         if labels.ndim != 2 or labels.shape[1] != width or labels.dtype.kind not in "iuf":
             raise ValueError(
