@@ -332,6 +332,19 @@ def test_second_signal_during_the_checkpoint_write_keeps_the_previous_checkpoint
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # handlers restored
 
 
+def test_second_signal_stops_at_once_without_a_new_checkpoint(tmp_path, capsys):
+    def twice_at_three(step, losses):
+        if step == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGUSR1)
+
+    out = tmp_path / "run"
+    result = train(TINY, out, on_step=twice_at_three, progress=False)
+    assert result.interrupted and result.signal == signal.SIGUSR1
+    assert load_checkpoint(out / CHECKPOINT_NAME).step == 2
+    assert f"the last checkpoint in {out} is kept" in capsys.readouterr().err
+
+
 def test_cli_exit_status_is_128_plus_the_signal(tmp_path, monkeypatch, capsys):
     import latentquant.train.loop as loop
 

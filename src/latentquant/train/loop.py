@@ -385,7 +385,7 @@ def _train_locked(
             dynamic_ncols=True,
             desc=config.model,
         )
-        interrupted = in_step = False
+        interrupted = in_step = at_once = False
         stop_signal: int | None = None
         model.train()
         try:
@@ -439,15 +439,17 @@ def _train_locked(
                     raise KeyboardInterrupt
         except KeyboardInterrupt as err:
             interrupted = True
+            at_once = isinstance(err, SignalInterrupt)  # a second signal: no new checkpoint
             stop_signal = getattr(err, "signum", None) or stop.signum or signal.SIGINT
         finally:
             bar.close()
 
         if interrupted:
             name = signal.Signals(stop_signal).name
-            if in_step:
+            if in_step or at_once:
                 print(
-                    f"\nInterrupted by {name} during step {step + 1}; the last checkpoint in {out_dir} is kept.",
+                    f"\nInterrupted by {name} at step {step + (1 if in_step else 0)}; the last checkpoint in "
+                    f"{out_dir} is kept.",
                     file=sys.stderr,
                 )
             else:

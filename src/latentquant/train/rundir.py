@@ -431,9 +431,13 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[A
         FileNotFoundError: ``run_dir`` is not a run directory.
         ValueError: a damaged or mismatching checkpoint or configuration.
     """
+    model, config, _ = _read_run(Path(run_dir), device)
+    return model, config
+
+
+def _read_run(run_dir: Path, device: str | torch.device) -> tuple[Autoencoder, TrainConfig, Any]:
     from latentquant.train.checkpoint import load_checkpoint
 
-    run_dir = Path(run_dir)
     check_run_dir_path(run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run directory {run_dir} does not exist")
@@ -444,7 +448,8 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[A
     settings = checkpoint.config
     if settings is None:  # a checkpoint of format version 1 stores no configuration
         settings = read_config_file(run_dir)
-    return _build_trained_model(settings, checkpoint.model_state, checkpoint.extra, path, device)
+    model, config = _build_trained_model(settings, checkpoint.model_state, checkpoint.extra, path, device)
+    return model, config, checkpoint
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> Autoencoder:
@@ -491,13 +496,12 @@ def export_model(run_dir: str | Path, out_path: str | Path, overwrite: bool = Fa
     """
     from safetensors.torch import save as safetensors_save
 
-    from latentquant.train.checkpoint import load_checkpoint, tensors_digest
+    from latentquant.train.checkpoint import tensors_digest
 
     run_dir, out_path = Path(run_dir), Path(out_path)
-    model, config = load_run(run_dir)
     checkpoint_path = run_dir / CHECKPOINT_NAME
     if out_path.exists():
-        if out_path.resolve() == checkpoint_path.resolve():
+        if checkpoint_path.exists() and out_path.resolve() == checkpoint_path.resolve():
             raise ValueError(f"export path {out_path} is the run's own checkpoint; choose another file")
         if out_path.is_dir():
             raise ValueError(
@@ -505,7 +509,9 @@ def export_model(run_dir: str | Path, out_path: str | Path, overwrite: bool = Fa
             )
         if not overwrite:
             raise ValueError(f"export path {out_path} already exists; remove it or pass --overwrite")
-    checkpoint = load_checkpoint(checkpoint_path)
+    if not out_path.parent.is_dir():
+        raise FileNotFoundError(f"export path {out_path}: folder {out_path.parent} does not exist")
+    model, config, checkpoint = _read_run(run_dir, "cpu")
     tensors = {name: value.detach().cpu().contiguous() for name, value in model.state_dict().items()}
     config_dict = config.to_dict()
     metadata = {
@@ -518,8 +524,6 @@ def export_model(run_dir: str | Path, out_path: str | Path, overwrite: bool = Fa
         "config_sha256": config_digest(config_dict),
         "tensors_sha256": tensors_digest(tensors),
     }
-    if out_path.parent and not out_path.parent.exists():
-        raise FileNotFoundError(f"export path {out_path}: folder {out_path.parent} does not exist")
     atomic_write_bytes(out_path, safetensors_save(tensors, metadata=metadata))
     return out_path
 
@@ -563,7 +567,7 @@ def _build_trained_model(
 
     from latentquant.train.checkpoint import restore_model
     from latentquant.train.config import resolve_config
-    from latentquant.train.run import build_run_model, load_dataset
+    from latentquant.train.run import build_run_model, load_dataset, select_device
 
     config = resolve_config(settings)
     image_shape = extra.get("image_shape")
@@ -574,5 +578,5 @@ def _build_trained_model(
         image_shape, dataset_size = tuple(dataset.image_shape), len(dataset)
     model = build_run_model(config, tuple(int(s) for s in image_shape), dataset_size)
     restore_model(model, dict(state), source)
-    model.to(torch.device(device)).eval()
+    model.to(select_device(device) if isinstance(device, str) else torch.device(device)).eval()
     return model, config
