@@ -107,3 +107,54 @@ def test_paper_size_on_cpu_warning(capsys):
     single = PaperSizeOnCPU("cpu", "small", "paper", total_steps=1)
     single.observe(3.0)
     assert "decoder=paper" in capsys.readouterr().err
+
+
+TINY_RUN = {
+    "model": "qlae",
+    "dataset": "shapes3d",
+    "steps": 4,
+    "batch_size": 8,
+    "encoder": "tiny",
+    "decoder": "tiny",
+    "eval_samples": 100,
+    "eval_every": 0,
+    "log_every": 2,
+    "checkpoint_every": 2,
+    "device": "cpu",
+}
+
+
+def test_evaluate_run_writes_every_requested_metric_and_provenance(tmp_path):
+    import json
+
+    from latentquant.train.loop import train
+    from latentquant.train.run import evaluate_run
+
+    out = tmp_path / "run"
+    train(TINY_RUN, out, progress=False)
+    first = json.loads((out / "metrics.json").read_text())
+    assert first["provenance"]["torch_version"] == torch.__version__ and "mig" not in first
+    metrics, report = evaluate_run(out, metrics="infomec,mig,dci,sap")
+    on_disk = json.loads((out / "metrics.json").read_text())
+    assert on_disk == metrics
+    for key in ("infom", "infoe", "infoc", "psnr", "mig", "dci_disentanglement", "dci_completeness", "sap"):
+        assert isinstance(metrics[key], float), key
+    assert {"mig", "dci", "sap"} <= set(metrics["details"]) and "modularity" not in metrics
+    assert len(metrics["details"]["dci"]["importance"]) == 6  # one row per factor
+    prov = metrics["provenance"]
+    assert prov["device"] == "cpu" and prov["wall_time_s"] > 0 and prov["latentquant_version"]
+    html = report.read_text()
+    assert "<h2>Provenance</h2>" in html and torch.__version__ in html
+    eval_records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert "mig" in [r for r in eval_records if r["kind"] == "eval"][-1]["metrics"]
+    with pytest.raises(ValueError, match="metrics: expected 'all' or a non-empty list"):
+        evaluate_run(out, metrics="infomec,migg")
+
+
+def test_logger_is_a_run_setting():
+    from latentquant.train.config import resolve_config
+
+    assert resolve_config({}).logger == "jsonl"
+    assert resolve_config({"run.logger": "csv,tensorboard"}).logger == "csv,tensorboard"
+    with pytest.raises(ValueError, match="logger: expected a comma-separated list"):
+        resolve_config({"logger": "tensorbord"})

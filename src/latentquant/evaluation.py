@@ -94,13 +94,9 @@ class EvaluationReport:
 
 def _metric_list(metrics: str | Sequence[str], decode_fn: Callable | None) -> tuple[list[str], bool]:
     """(metrics for evaluate_representation, whether PSNR is wanted)."""
-    names = [m.strip() for m in metrics.split(",")] if isinstance(metrics, str) else list(metrics)
-    if names == ["all"]:
+    if metrics == "all":
         return list(ALL_METRICS), decode_fn is not None
-    known = (*ALL_METRICS, "psnr")
-    unknown = [m for m in names if m not in known]
-    if unknown or not names:
-        raise ValueError(f"metrics: expected 'all' or a non-empty list from {known}, got {metrics!r}")
+    names = check_metric_names(metrics, extra=("psnr",))
     want_psnr = "psnr" in names
     if want_psnr and decode_fn is None:
         raise ValueError("metrics: 'psnr' needs decode_fn (latents -> images in [0, 1])")
@@ -151,6 +147,71 @@ def _is_discrete(latents: torch.Tensor, discrete_latents: bool | None) -> bool:
         return True
     limit = min(AUTO_DISCRETE_MAX_VALUES, latents.shape[0] // 4)
     return all(int(torch.unique(latents[:, j]).numel()) <= limit for j in range(latents.shape[1]))
+
+
+def representation_metrics(
+    factors: torch.Tensor,
+    latents: torch.Tensor,
+    discrete_latents: bool,
+    conventions: Sequence[str],
+    metrics: Sequence[str],
+    dci_model: str = "gbt",
+    show_progress: bool | None = None,
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """The requested metrics of a representation, as ``metrics.json`` records them.
+
+    Args:
+        factors: (N, F) factor indices; latents: (N, L) the representation.
+        discrete_latents: plug-in MI on unique values (see ``latentquant.metrics.infomec``).
+        conventions: InfoMEC conventions; the first gives ``infom``/``infoe``/``infoc``, the others
+            ``infom_<convention>`` ... (InfoMEC only is recomputed for them).
+        metrics: names from ``latentquant.metrics.ALL_METRICS``; empty gives empty results.
+        dci_model, show_progress: as :func:`evaluate`.
+
+    Returns:
+        (flat scalars, full results per metric as JSON-ready dicts: ``infomec``, ``infomec_<convention>``,
+        ``mig``, ``dci``, ``sap``, ``modularity``).
+    """
+    scores: dict[str, float] = {}
+    details: dict[str, Any] = {}
+    if not metrics:
+        return scores, details
+    steps = [(conventions[0], list(metrics))]
+    steps += [(c, ["infomec"]) for c in conventions[1:] if "infomec" in metrics]
+    for i, (convention, names) in enumerate(steps):
+        result = evaluate_representation(
+            factors,
+            latents,
+            discrete_latents=discrete_latents,
+            convention=convention,
+            metrics=names,
+            dci_model=dci_model,
+            show_progress=show_progress,
+        )
+        full = result.to_dict()
+        flat = full.pop("scalars")
+        if i == 0:
+            scores.update(flat)
+            details.update(full)
+        else:
+            scores.update({f"{k}_{convention}": v for k, v in flat.items()})
+            details[f"infomec_{convention}"] = full["infomec"]
+    return scores, details
+
+
+def check_metric_names(metrics: str | Sequence[str], extra: Sequence[str] = ()) -> list[str]:
+    """``"all"``, a comma-separated string or a list -> a list of names from ``ALL_METRICS`` (plus ``extra``);
+    ``"all"`` gives ``ALL_METRICS``. An unknown or empty list is a ValueError naming the choices."""
+    names = [m.strip() for m in metrics.split(",")] if isinstance(metrics, str) else [str(m) for m in metrics]
+    if names == ["all"]:
+        return list(ALL_METRICS)
+    known = (*ALL_METRICS, *extra)
+    unknown = [m for m in names if m not in known]
+    if unknown or not names:
+        raise ValueError(
+            f"metrics: expected 'all' or a non-empty list from {', '.join(known)}, got {metrics!r}"
+        )
+    return list(dict.fromkeys(names))
 
 
 def evaluate(
@@ -226,29 +287,9 @@ def evaluate(
     if latents.is_floating_point():
         latents = latents.double()
     discrete = _is_discrete(latents, discrete_latents)
-    scores: dict[str, float] = {}
-    details: dict[str, Any] = {}
-    if wanted:
-        steps = [(conventions[0], wanted)] + [
-            (c, ["infomec"]) for c in conventions[1:] if "infomec" in wanted
-        ]
-        for i, (conv, names) in enumerate(progress(steps, "metrics", enabled=show_progress)):
-            result = evaluate_representation(
-                factors,
-                latents,
-                discrete_latents=discrete,
-                convention=conv,
-                metrics=names,
-                dci_model=dci_model,
-            )
-            full = result.to_dict()
-            flat = full.pop("scalars")
-            if i == 0:
-                scores.update(flat)
-                details.update(full)
-            else:
-                scores.update({f"{k}_{conv}": v for k, v in flat.items()})
-                details[f"infomec_{conv}"] = full["infomec"]
+    scores, details = representation_metrics(
+        factors, latents, discrete, conventions, wanted, dci_model, show_progress
+    )
     if want_psnr:
         scores["psnr"] = float(torch.cat(psnrs).mean())
     return EvaluationReport(

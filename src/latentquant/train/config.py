@@ -15,6 +15,7 @@ import torch
 import yaml
 
 from latentquant.train import schema
+from latentquant.train.sinks import parse_logger
 from latentquant.zoo import (
     DECODERS,
     ENCODERS,
@@ -297,6 +298,7 @@ def resolve_config(settings: Mapping[str, Any], num_factors: int | None = None) 
         )
     if config.device != "auto":
         parse_device(config.device)
+    parse_logger(config.logger)
     check_eval_samples(config.eval_samples)
     defaults = default_hyperparameters(config.model, config.dataset)
     bad_args = sorted(set(config.model_args) - set(defaults))

@@ -5,6 +5,8 @@ module ``latentquant.train.rundir``, which owns the directory's files and lock).
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +14,7 @@ import torch
 
 from latentquant.data import get_dataset
 from latentquant.metrics import plot_nmi
+from latentquant.provenance import provenance
 from latentquant.train.checkpoint import load_checkpoint, restore_model
 from latentquant.train.config import TrainConfig, parse_device, resolve_config
 from latentquant.train.evaluate import Evaluation, evaluate_model, evaluation_factors
@@ -135,9 +138,11 @@ def write_outputs(
     config: TrainConfig,
     extra: dict[str, Any],
     device: torch.device,
+    wall_seconds: float | None = None,
 ) -> Path:
     """Write ``metrics.json``, the four figures, the model's own figures (``model.report_figures``) and
-    ``report.html`` for a run; returns the report's path.
+    ``report.html`` for a run; returns the report's path. ``metrics.json`` and the report record the
+    provenance (latentquant, torch and git versions, device, threads, and ``wall_seconds`` when given).
 
     All of them are first written to a staging folder and then moved into ``out_dir`` one by one, so a
     failure (a full disk) leaves the previous outputs in place.
@@ -151,6 +156,7 @@ def write_outputs(
         **extra,
         **evaluation.summary(),
         "factor_names": list(dataset.factor_names),
+        "provenance": provenance(device, wall_seconds),
     }
     factors = evaluation.factors[:REPORT_IMAGES]
     images = dataset.images_for(factors).to(device)
@@ -185,7 +191,10 @@ def write_outputs(
 
 
 def evaluate_run(
-    out_dir: str | Path, eval_samples: int | None = None, device: str | None = None
+    out_dir: str | Path,
+    eval_samples: int | None = None,
+    device: str | None = None,
+    metrics: str | Sequence[str] = ("infomec",),
 ) -> tuple[dict, Path]:
     """Re-evaluate the checkpoint of a run directory and rewrite its ``metrics.json``, figures and report.
 
@@ -195,6 +204,9 @@ def evaluate_run(
         out_dir: a directory written by ``latentquant train``.
         eval_samples: evaluation sample size (default: the run's ``eval_samples``).
         device: ``"auto"``, ``"cpu"`` or ``"cuda[:i]"`` (default: the run's ``device``).
+        metrics: ``"all"`` or names from ``infomec, mig, dci, sap, modularity`` (a list or comma-separated);
+            InfoMEC and PSNR are always computed (the report needs them), the others are added to
+            ``metrics.json`` as scalars (``mig``, ``dci_disentanglement``, ...) and full results (``details``).
 
     Returns:
         ``(metrics, report_path)``.
@@ -205,9 +217,12 @@ def evaluate_run(
             directory is locked by another process.
         latentquant.train.rundir.OutputWriteError: an output could not be written.
     """
+    from latentquant.evaluation import check_metric_names, representation_metrics
     from latentquant.train.config import check_eval_samples
 
+    start = time.perf_counter()
     out_dir = Path(out_dir)
+    wanted = [m for m in check_metric_names(metrics) if m != "infomec"]
     if eval_samples is not None:
         check_eval_samples(int(eval_samples))
     if device is not None:
@@ -237,7 +252,18 @@ def evaluate_run(
         keys = ("train_seconds", "steps_per_second", "final_losses")
         extra = {key: previous[key] for key in keys if isinstance(previous, dict) and key in previous}
         extra = {"steps": checkpoint.step, "num_latents": config.num_latents, **extra}
+        scores, details = representation_metrics(
+            evaluation.factors,
+            evaluation.latents,
+            model.discrete_latents,
+            [config.infomec_convention],
+            wanted,
+        )
+        if wanted:
+            extra = {**extra, **scores, "details": details}
         with LogWriter(out_dir) as log:
-            log.write({"kind": "eval", "step": checkpoint.step, "metrics": evaluation.metrics})
-        report = write_outputs(out_dir, model, dataset, evaluation, config, extra, torch_device)
+            log.write({"kind": "eval", "step": checkpoint.step, "metrics": {**evaluation.metrics, **scores}})
+        report = write_outputs(
+            out_dir, model, dataset, evaluation, config, extra, torch_device, time.perf_counter() - start
+        )
         return json.loads((out_dir / METRICS_NAME).read_text()), report

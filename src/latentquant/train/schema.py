@@ -95,6 +95,10 @@ class RunSettings:
     deterministic: bool = _setting(False, "torch.use_deterministic_algorithms (bitwise-reproducible resumes)")
     num_threads: int | None = _setting(None, "CPU threads for torch; null: torch's default", 1)
     overwrite: bool = _setting(False, "a new run may replace the run files already in its directory")
+    logger: str = _setting(
+        "jsonl",
+        "log sinks next to log.jsonl, comma-separated: csv, tensorboard, wandb (if installed; offline by default)",
+    )
 
 
 @dataclasses.dataclass
@@ -141,6 +145,7 @@ FLAT_TO_DOTTED: dict[str, str] = {
     "deterministic": "run.deterministic",
     "num_threads": "run.num_threads",
     "overwrite": "run.overwrite",
+    "logger": "run.logger",
 }
 DOTTED_TO_FLAT = {dotted: flat for flat, dotted in FLAT_TO_DOTTED.items()}
 GROUPS = tuple(
