@@ -297,3 +297,18 @@ def test_one_download_per_folder_and_disk_space_checked_first(tmp_path, server, 
     with pytest.raises(dl.DownloadError, match=r"needs 0.00 GiB of disk, only 0.00 GiB are free"):
         dl.download("shapes3d", out, base_url=url, progress=False)
     assert _leftovers(out) == []
+
+
+def test_a_partial_file_longer_than_the_servers_starts_over(tmp_path, server, monkeypatch):
+    handler, url = server
+    source = tmp_path / "src.h5"
+    write_shapes3d(source)
+    data = source.read_bytes()
+    handler.files["3dshapes.h5"] = data
+    _entry(monkeypatch, "shapes3d", data)
+    out = tmp_path / "data"
+    out.mkdir()
+    (out / ".3dshapes.h5.part").write_bytes(b"\0" * (len(data) + 10))  # left by a different file
+    dl.download("shapes3d", out, base_url=url, progress=False)
+    assert (out / "3dshapes.h5").read_bytes() == data
+    assert [r for _, r in handler.requests] == [f"bytes={len(data) + 10}-", None]

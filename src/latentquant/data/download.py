@@ -237,7 +237,11 @@ def _fetch(url: str, part: Path, expected_size: int | None, progress: bool) -> N
                 return
         except urllib.error.HTTPError as err:
             if err.code == 416 and have and expected_size in (None, have):
-                return  # the .part already holds the whole file
+                return  # the .part already holds the whole file (verified next)
+            if err.code == 416 and have and attempt + 1 < _ATTEMPTS:
+                _log(f"{part} ({have} bytes) is longer than the file on the server; starting over")
+                part.unlink()
+                continue
             raise DownloadError(f"{url}: HTTP {err.code} {err.reason}") from err
         except (urllib.error.URLError, HTTPException, ConnectionError, TimeoutError) as err:
             got = part.stat().st_size if part.exists() else 0
@@ -248,6 +252,10 @@ def _fetch(url: str, part: Path, expected_size: int | None, progress: bool) -> N
                 ) from err
             _log(f"connection cut at {got} bytes ({err}); resuming")
             time.sleep(min(2.0**attempt, 10.0) * 0.1)
+        except OSError as err:  # writing the .part: disk full, permissions
+            raise DownloadError(
+                f"{part}: cannot write the download ({err}); rerunning resumes from it"
+            ) from err
 
 
 def _need_space(directory: Path, nbytes: int, what: str) -> None:
