@@ -127,16 +127,18 @@ TINY_RUN = {
 def test_evaluate_run_writes_every_requested_metric_and_provenance(tmp_path):
     import json
 
-    from latentquant.train.loop import train
+    from latentquant.cli import main
     from latentquant.train.run import evaluate_run
 
     out = tmp_path / "run"
-    train(TINY_RUN, out, progress=False)
+    overrides = [f"{k}={v}" for k, v in TINY_RUN.items() if k != "device"]
+    assert main(["train", "--out", str(out), "--device", "cpu", "--no-progress", *overrides]) == 0
     first = json.loads((out / "metrics.json").read_text())
     assert first["provenance"]["torch_version"] == torch.__version__ and "mig" not in first
-    metrics, report = evaluate_run(out, metrics="infomec,mig,dci,sap")
-    on_disk = json.loads((out / "metrics.json").read_text())
-    assert on_disk == metrics
+    assert (out / "config.yaml").read_text().count("device: cpu") == 1
+    assert main(["evaluate", str(out), "--metrics", "infomec,mig,dci,sap"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    report = out / "report.html"
     for key in ("infom", "infoe", "infoc", "psnr", "mig", "dci_disentanglement", "dci_completeness", "sap"):
         assert isinstance(metrics[key], float), key
     assert {"mig", "dci", "sap"} <= set(metrics["details"]) and "modularity" not in metrics

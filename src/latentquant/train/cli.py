@@ -63,6 +63,7 @@ def register(subparsers: Any) -> None:
         "--compile", action="store_true", default=None, help="run the model under torch.compile"
     )
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.add_argument("--device", help="auto (CUDA when available), cpu or cuda[:i]; the same as device=...")
     train.add_argument(
         "overrides", nargs="*", metavar="key=value", help="setting overrides (anywhere on the command line)"
     )
@@ -71,8 +72,8 @@ def register(subparsers: Any) -> None:
     evaluate = subparsers.add_parser(
         "evaluate",
         help="re-evaluate a run directory's checkpoint",
-        description="Evaluate the checkpoint in DIR (InfoM/InfoE/InfoC on the run's evaluation sample, PSNR) "
-        "and rewrite DIR/metrics.json, the figures and DIR/report.html.",
+        description="Evaluate the checkpoint in DIR (InfoM/InfoE/InfoC on the run's evaluation sample, PSNR, and "
+        "the metrics --metrics names) and rewrite DIR/metrics.json, the figures and DIR/report.html.",
     )
     evaluate.add_argument(
         "run_dir", type=Path, metavar="DIR", help="a directory written by latentquant train"
@@ -81,6 +82,12 @@ def register(subparsers: Any) -> None:
         "--samples", type=int, help="evaluation sample size (default: the run's eval_samples)"
     )
     evaluate.add_argument("--device", help="auto, cpu or cuda[:i] (default: the run's device)")
+    evaluate.add_argument(
+        "--metrics",
+        default="infomec",
+        help="comma-separated metrics for metrics.json: infomec, mig, dci, sap, modularity, or all "
+        "(default: infomec; InfoMEC and PSNR are always computed)",
+    )
     evaluate.set_defaults(func=_evaluate)
 
     export = subparsers.add_parser(
@@ -124,6 +131,7 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
         "steps": args.steps,
         "seed": args.seed,
         "compile": args.compile,
+        "device": args.device,
     }
     flags = {k: v for k, v in flags.items() if v is not None}
     return merge_settings(file_settings, flags, parse_overrides(args.overrides))
@@ -165,7 +173,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     from latentquant.train.rundir import OutputWriteError
 
     try:
-        metrics, report = evaluate_run(args.run_dir, eval_samples=args.samples, device=args.device)
+        metrics, report = evaluate_run(
+            args.run_dir, eval_samples=args.samples, device=args.device, metrics=args.metrics
+        )
     except OutputWriteError as err:
         raise UsageError(str(err)) from err
     _print_summary(metrics, report)
@@ -184,7 +194,18 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _print_summary(metrics: dict[str, Any], report: Path | None) -> None:
-    fields = [f"{k}={metrics[k]:.4f}" for k in ("infom", "infoe", "infoc", "psnr") if k in metrics]
+    names = (
+        "infom",
+        "infoe",
+        "infoc",
+        "psnr",
+        "mig",
+        "dci_disentanglement",
+        "dci_completeness",
+        "sap",
+        "modularity",
+    )
+    fields = [f"{k}={metrics[k]:.4f}" for k in names if isinstance(metrics.get(k), float)]
     print(
         f"{metrics.get('model')} on {metrics.get('dataset')}, {metrics.get('steps')} steps: {' '.join(fields)}"
     )

@@ -21,7 +21,9 @@ draw) are seeded by rank; on resume with N > 1 ranks 1..N-1 restart theirs from 
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -191,3 +193,48 @@ def launch(nproc_per_node: int, argv: list[str]) -> int:
     )
     run(args)
     return 0
+
+
+class _Discard:
+    """A log writer that writes nothing (ranks other than 0)."""
+
+    def write(self, record: dict[str, Any]) -> None:
+        del record
+
+
+DISCARD = _Discard()
+
+
+@contextlib.contextmanager
+def share_from_main(info: Distributed) -> Iterator[Callable[[Any], None]]:
+    """On rank 0: ``with share_from_main(info) as share: ... share(obj)`` sends ``obj`` to the other ranks
+    (:func:`receive_from_main`); if the block fails before sharing, they receive the error instead of
+    waiting forever."""
+    shared = False
+
+    def share(obj: Any) -> None:
+        nonlocal shared
+        if info.enabled:
+            dist.broadcast_object_list([("ok", obj)], src=0)
+        shared = True
+
+    try:
+        yield share
+    except BaseException as err:
+        if info.enabled and not shared:
+            dist.broadcast_object_list([("error", f"{type(err).__name__}: {err}")], src=0)
+        raise
+
+
+def receive_from_main(info: Distributed) -> Any:
+    """On ranks 1..N-1: what rank 0 shared with :func:`share_from_main`.
+
+    Raises:
+        ValueError: rank 0 failed before sharing (its error in the message).
+    """
+    box: list[Any] = [None]
+    dist.broadcast_object_list(box, src=0)
+    kind, payload = box[0]
+    if kind == "error":
+        raise ValueError(f"rank 0 could not prepare the run: {payload}")
+    return payload
