@@ -33,9 +33,24 @@ test-heavy: ext
 demo: ext
 	$(PY) -m latentquant.cli train --config configs/demo.yaml --out runs/demo
 
-bench: $(STAMP)
+# Benchmarks (DESIGN §9, benchmarks/conftest.py). Each run is saved as benchmarks/results/<machine>/NNNN_<commit>.json
+# (pytest-benchmark storage) and compared with the last run saved there. Targets print as MET / MISSED and the
+# run exits 0 unless asked:
+#   make bench BENCH_FAIL=1    a missed target, or a median more than BENCH_THRESHOLD slower than the last
+#                              saved run, fails the run
+#   make bench BENCH_QUICK=1   small sizes, to check that every suite runs (a minute or two; saved under
+#                              benchmarks/results/quick/, never compared with full runs)
+BENCH_FAIL ?= 0
+BENCH_QUICK ?= 0
+BENCH_THRESHOLD ?= median:25%
+BENCH_STORAGE = benchmarks/results$(if $(filter 1,$(BENCH_QUICK)),/quick)
+
+bench: ext
 	$(PIP) install -q --no-build-isolation -e ".[bench]"
-	$(PY) -m pytest -q benchmarks -p no:cacheprovider
+	LATENTQUANT_BENCH_QUICK=$(BENCH_QUICK) LATENTQUANT_BENCH_FAIL=$(BENCH_FAIL) \
+	$(PY) -m pytest -q benchmarks -p no:cacheprovider --benchmark-storage=file://./$(BENCH_STORAGE) \
+	  --benchmark-save=$$(git describe --always --dirty 2>/dev/null || echo nogit) --benchmark-compare \
+	  $(if $(filter 1,$(BENCH_FAIL)),--benchmark-compare-fail=$(BENCH_THRESHOLD))
 
 lint: $(STAMP)
 	$(PY) -m ruff check src tests benchmarks triton_kernels

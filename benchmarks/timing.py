@@ -1,9 +1,11 @@
-"""Timing helpers for the benchmarks (DESIGN §9): medians of repeated runs after warm-up, ratios against
-a baseline timed in the same process, peak memory of a snippet measured in a fresh subprocess."""
+"""Timing helpers for the benchmarks (DESIGN §9): medians of repeated runs after warm-up (the suite's own
+implementation through pytest-benchmark's fixture, baselines by hand, both in the same process), problem
+sizes that shrink in quick mode, peak memory of a snippet measured in a fresh subprocess."""
 
 from __future__ import annotations
 
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -31,6 +33,35 @@ def median_seconds(
         sync()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+def benchmark_median(benchmark, fn: Callable[[], object], warmup: int = 3, rounds: int = 15) -> float:
+    """Time ``fn()`` through pytest-benchmark's fixture (pedantic: ``warmup`` untimed rounds, then
+    ``rounds`` timed ones, CUDA synchronized) and return the median in seconds, the figure the in-run
+    ratios use. With ``--benchmark-disable`` the fixture runs ``fn`` once untimed: then the median comes
+    from :func:`median_seconds`."""
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+
+    def run() -> None:
+        fn()
+        sync()
+
+    benchmark.pedantic(run, warmup_rounds=warmup, rounds=rounds, iterations=1)
+    if benchmark.disabled or benchmark.stats is None:
+        return median_seconds(fn, warmup=0, repeats=max(1, rounds // 3))
+    return float(benchmark.stats.stats.median)
+
+
+def quick_mode() -> bool:
+    """``LATENTQUANT_BENCH_QUICK=1``: every suite shrinks its problems to check that it runs."""
+    return os.environ.get("LATENTQUANT_BENCH_QUICK", "0") not in ("", "0")
+
+
+def sized(full: int, quick: int, env: str | None = None) -> int:
+    """A problem size: ``env``'s value when set, else ``quick`` in quick mode, else ``full``."""
+    if env and os.environ.get(env):
+        return int(os.environ[env])
+    return quick if quick_mode() else full
 
 
 def peak_rss_mib(setup: str, stmt: str) -> float:
