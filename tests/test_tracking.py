@@ -160,3 +160,26 @@ def test_logger_is_a_run_setting():
     assert resolve_config({"run.logger": "csv,tensorboard"}).logger == "csv,tensorboard"
     with pytest.raises(ValueError, match="logger: expected a comma-separated list"):
         resolve_config({"logger": "tensorbord"})
+
+
+def test_training_feeds_the_sinks_and_warns_about_paper_networks_on_cpu(tmp_path, capsys):
+    pytest.importorskip("tensorboard")
+    from latentquant.train.loop import train
+
+    out = tmp_path / "run"
+    settings = {
+        **TINY_RUN,
+        "encoder": "paper",
+        "steps": 2,
+        "batch_size": 2,
+        "log_every": 1,
+    }
+    train({**settings, "logger": "csv,tensorboard"}, out, progress=False)
+    err = capsys.readouterr().err
+    assert err.count("warning: the paper-sized networks (encoder=paper) on a CPU take ~") == 1
+    assert "for 2 steps" in err and "configs/demo.yaml" in err
+    assert [r["step"] for r in _rows(out / "train.csv")] == ["1", "2"]
+    assert "infom" in _rows(out / "eval.csv")[0]
+    assert any((out / "tensorboard").iterdir())
+    prov = __import__("json").loads((out / "metrics.json").read_text())["provenance"]
+    assert prov["wall_time_s"] > 0

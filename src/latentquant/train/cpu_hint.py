@@ -11,6 +11,8 @@ from __future__ import annotations
 import sys
 from typing import TextIO
 
+import torch
+
 PAPER_NETWORK = "paper"
 CPU_CONFIG = "configs/demo.yaml"
 
@@ -38,7 +40,10 @@ class PaperSizeOnCPU:
     def __init__(
         self, device_type: str, encoder: str, decoder: str, total_steps: int, stream: TextIO | None = None
     ) -> None:
-        self.active = device_type == "cpu" and PAPER_NETWORK in (encoder, decoder)
+        main_process = not (torch.distributed.is_available() and torch.distributed.is_initialized()) or (
+            torch.distributed.get_rank() == 0
+        )
+        self.active = device_type == "cpu" and PAPER_NETWORK in (encoder, decoder) and main_process
         self.encoder, self.decoder = encoder, decoder
         self.total_steps = int(total_steps)
         self.stream = stream

@@ -30,6 +30,7 @@ from latentquant.train.checkpoint import (
     save_checkpoint,
 )
 from latentquant.train.config import TrainConfig, merge_settings, resolve_config
+from latentquant.train.cpu_hint import PaperSizeOnCPU
 from latentquant.train.evaluate import Evaluation, evaluate_model, evaluation_factors
 from latentquant.train.run import load_dataset, make_model, select_device, write_outputs
 from latentquant.train.rundir import (
@@ -47,6 +48,7 @@ from latentquant.train.rundir import (
     rewrite_log,
     write_config,
 )
+from latentquant.train.sinks import Sinks
 
 # Settings that may change when a run is resumed: they do not change what the model learns.
 RESUMABLE_SETTINGS = frozenset(
@@ -59,6 +61,7 @@ RESUMABLE_SETTINGS = frozenset(
         "device",
         "compile",
         "num_threads",
+        "logger",
     }
 )
 INTERRUPTED_EXIT_CODE = 130  # 128 + SIGINT; a run stopped by another signal exits 128 + that signal
@@ -305,6 +308,7 @@ def _train_locked(
     on_step: Callable[[int, dict[str, float]], None] | None,
     progress: bool,
 ) -> TrainResult:
+    started = time.perf_counter()
     probe = resolve_config(settings)
     select_device(probe.device)
     dataset = load_dataset(probe)
@@ -361,7 +365,7 @@ def _train_locked(
     write_config(out_dir, config)
 
     stop = _StopRequest()
-    with stop.installed(), LogWriter(out_dir) as log_file:
+    with stop.installed(), LogWriter(out_dir, Sinks.for_run(out_dir, config, step)) as log_file:
         log = log_file.write
 
         def run_evaluation(at_step: int) -> Evaluation:
@@ -387,6 +391,7 @@ def _train_locked(
         )
         interrupted = in_step = at_once = False
         stop_signal: int | None = None
+        cpu_hint = PaperSizeOnCPU(device.type, config.encoder, config.decoder, config.steps - step)
         model.train()
         try:
             while step < config.steps:
@@ -406,6 +411,7 @@ def _train_locked(
                 step += 1
                 in_step = False
                 train_seconds += time.perf_counter() - tick
+                cpu_hint.observe(time.perf_counter() - tick)
 
                 values = {k: float(v) for k, v in losses.items()}
                 if not all(math.isfinite(v) for v in values.values()):
@@ -473,7 +479,9 @@ def _train_locked(
             "steps_per_second": round(step / train_seconds, 3) if train_seconds > 0 else None,
             "final_losses": _last_train_losses(out_dir),
         }
-        report = write_outputs(out_dir, model, dataset, evaluation, config, extra, device)
+        report = write_outputs(
+            out_dir, model, dataset, evaluation, config, extra, device, time.perf_counter() - started
+        )
     metrics = json.loads((out_dir / METRICS_NAME).read_text())
     return TrainResult(out_dir, step, False, metrics, report)
 

@@ -362,9 +362,14 @@ def rewrite_log(run_dir: Path, records: list[dict[str, Any]]) -> None:
 
 
 class LogWriter:
-    """Appends JSON records to ``log.jsonl``, one line each, flushed; a failed write is an :class:`OutputWriteError`."""
+    """Appends JSON records to ``log.jsonl``, one line each, flushed; a failed write is an :class:`OutputWriteError`.
 
-    def __init__(self, run_dir: Path) -> None:
+    ``sinks`` (e.g. :class:`latentquant.train.sinks.Sinks`, the ``logger`` setting's CSV / TensorBoard / W&B views)
+    get every record after it is in ``log.jsonl`` and are closed with the writer.
+    """
+
+    def __init__(self, run_dir: Path, sinks: Any = None) -> None:
+        self.sinks = sinks
         self.path = run_dir / LOG_NAME
         try:
             self._handle = open(self.path, "a")
@@ -377,10 +382,17 @@ class LogWriter:
             self._handle.flush()
         except OSError as err:
             raise OutputWriteError(self.path, err) from err
+        if self.sinks is not None:
+            try:
+                self.sinks.write(dict(record))
+            except OSError as err:
+                raise OutputWriteError(err.filename or self.path.parent, err) from err
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
             self._handle.close()
+        if self.sinks is not None:
+            self.sinks.close()
 
     def __enter__(self) -> LogWriter:
         return self

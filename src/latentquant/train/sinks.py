@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import importlib.util
 import math
 import os
 from pathlib import Path
@@ -28,7 +29,8 @@ TENSORBOARD_DIR = "tensorboard"
 
 
 def parse_logger(logger: str) -> tuple[str, ...]:
-    """``"csv,tensorboard"`` -> ``("csv", "tensorboard")``; unknown names are a ValueError naming them."""
+    """``"csv,tensorboard"`` -> ``("csv", "tensorboard")``; unknown names, or a sink whose package is not installed,
+    are a ValueError naming them (checked when the configuration is resolved, before a run starts)."""
     names = tuple(dict.fromkeys(n.strip() for n in str(logger).split(",") if n.strip()))
     unknown = [n for n in names if n not in LOGGERS]
     if unknown or not names:
@@ -36,6 +38,11 @@ def parse_logger(logger: str) -> tuple[str, ...]:
             f"logger: expected a comma-separated list from {', '.join(LOGGERS)} (e.g. logger=csv,tensorboard), "
             f"got {logger!r}"
         )
+    for name, install in (("tensorboard", "tensorboard (or latentquant[tracking])"), ("wandb", "wandb")):
+        if name in names and importlib.util.find_spec(name) is None:
+            raise ValueError(
+                f"logger={name} needs the {name} package: pip install {install}; it is never required"
+            )
     return names
 
 
@@ -190,6 +197,15 @@ class Sinks:
         except BaseException:
             self.close()
             raise
+
+    @classmethod
+    def for_run(cls, out_dir: str | Path, config: Any, start_step: int) -> Sinks:
+        """The sinks of a training run: its ``logger`` setting, starting at ``start_step``.
+
+        Args:
+            config: a :class:`latentquant.train.config.TrainConfig`.
+        """
+        return cls(out_dir, config.logger, start_step, config.to_dict())
 
     def write(self, record: dict[str, Any]) -> None:
         for sink in self.sinks:
