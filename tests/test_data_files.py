@@ -539,3 +539,17 @@ def test_data_prepare_command_and_npz_labels(tmp_path, capsys):
     os.replace(folder / "labels.npy.npz", folder / "labels.npy")
     assert main(["data", "prepare", "isaac3d", "--data-path", str(folder)]) == 2
     assert "labels.npy: an .npz archive, expected one .npy array" in capsys.readouterr().err
+
+
+@pytest.mark.heavy
+@pytest.mark.parametrize("count", [460_800, 1_036_800])
+def test_mpi3d_files_of_the_official_sizes_are_told_apart(tmp_path, count):
+    from fixtures.make_fixtures import write_real_size_mpi3d
+
+    path = tmp_path / "mpi3d.npz"
+    write_real_size_mpi3d(path, count)  # 5.7 / 12.7 GB apparent size, a few KiB on disk
+    ds = get_dataset("mpi3d", path)
+    assert ds.variant == MPI3D_GRIDS[count][0] and ds.factor_sizes == MPI3D_GRIDS[count][1]
+    assert isinstance(ds._images(), np.memmap) and ds._images().shape == (count, 64, 64, 3)
+    images = ds.images_for(ds.index_to_factors([0, count - 1]))
+    assert images.shape == (2, 3, 64, 64) and float(images.abs().sum()) == 0.0
