@@ -96,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         if not hasattr(args, "overrides") or any(arg.startswith("-") or "=" not in arg for arg in extra):
             parser.parse_args(argv)  # reports the unrecognized arguments and exits with status 2
         args.overrides = [*args.overrides, *extra]
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # e.g. to relaunch the command under torchrun
     try:
         result = args.func(args)
     except (UsageError, ValueError, FileNotFoundError, IsADirectoryError, PermissionError) as err:

@@ -4,6 +4,7 @@ re-evaluate a run directory, write a run's trained weights to one file."""
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from pathlib import Path
@@ -64,6 +65,14 @@ def register(subparsers: Any) -> None:
     )
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.add_argument("--device", help="auto (CUDA when available), cpu or cuda[:i]; the same as device=...")
+    train.add_argument(
+        "--nproc-per-node",
+        type=int,
+        default=1,
+        metavar="N",
+        help="train one model in N processes with DistributedDataParallel, started by torchrun's launcher "
+        "(one per GPU with CUDA, else CPU processes over gloo); batch_size is per process",
+    )
     train.add_argument(
         "overrides", nargs="*", metavar="key=value", help="setting overrides (anywhere on the command line)"
     )
@@ -143,6 +152,8 @@ def _train(args: argparse.Namespace) -> int:
 
     if args.print_config:
         return _print_config(args)
+    if args.nproc_per_node != 1 and "WORLD_SIZE" not in os.environ:
+        return _launch(args)
     if args.resume is None and args.out is None:
         raise UsageError("give --out DIR for a new run, or --resume DIR to continue one")
     if args.resume is not None and args.out is not None and args.out.resolve() != args.resume.resolve():
@@ -164,8 +175,36 @@ def _train(args: argparse.Namespace) -> int:
         raise UsageError(str(err)) from err
     if result.interrupted:
         return 128 + (result.signal or signal.SIGINT)
-    _print_summary(result.metrics or {}, result.report)
+    if result.metrics is not None:  # ranks other than 0 of a data-parallel run report nothing
+        _print_summary(result.metrics, result.report)
     return 0
+
+
+def _launch(args: argparse.Namespace) -> int:
+    """``latentquant train --nproc-per-node N ...``: the same command in N processes through torchrun."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+    from latentquant.train.distributed import launch
+
+    if args.nproc_per_node < 1:
+        raise UsageError(f"--nproc-per-node must be >= 1, got {args.nproc_per_node}")
+    argv, skip = [], False
+    for arg in args.argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc-per-node":
+            skip = True
+        elif not arg.startswith("--nproc-per-node="):
+            argv.append(arg)
+    try:
+        return launch(args.nproc_per_node, argv)
+    except ChildFailedError as err:
+        failures = "; ".join(f"rank {f.local_rank}: exit code {f.exitcode}" for f in err.failures.values())
+        print(
+            f"latentquant train: {len(err.failures)} process(es) failed ({failures}); see their output above",
+            file=sys.stderr,
+        )
+        return 1
 
 
 def _evaluate(args: argparse.Namespace) -> int:

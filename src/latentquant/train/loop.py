@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from latentquant.train import distributed, schema
 from latentquant.train.checkpoint import (
     Checkpoint,
     load_checkpoint,
@@ -49,6 +50,7 @@ from latentquant.train.rundir import (
     write_config,
 )
 from latentquant.train.sinks import Sinks
+from latentquant.zoo import Autoencoder
 
 # Settings that may change when a run is resumed: they do not change what the model learns.
 RESUMABLE_SETTINGS = frozenset(
@@ -293,12 +295,31 @@ def train(
         latentquant.train.rundir.OutputWriteError: a run file could not be written (the previous one is kept).
     """
     out_dir = Path(out_dir)
+    settings = schema.flatten(settings)
     check_run_dir_path(out_dir)
     if not resume:
         select_device(resolve_config(settings).device)  # every setting checked before a file is touched
-    with lock_run(out_dir, "train", create=not resume):
-        settings, checkpoint = _prepare_settings(settings, out_dir, resume)
-        return _train_locked(settings, out_dir, checkpoint, on_step, progress)
+    info = distributed.setup(_device_setting(settings, out_dir, resume))
+    try:
+        if not info.is_main:  # rank 0 owns the directory: it prepares the run and shares what it found
+            settings, checkpoint = distributed.receive_from_main(info)
+            return _train_locked(settings, out_dir, checkpoint, on_step, False, info)
+        with distributed.share_from_main(info) as share, lock_run(out_dir, "train", create=not resume):
+            settings, checkpoint = _prepare_settings(settings, out_dir, resume)
+            share((settings, checkpoint))
+            return _train_locked(settings, out_dir, checkpoint, on_step, progress, info)
+    finally:
+        distributed.teardown(info)
+
+
+def _device_setting(settings: Mapping[str, Any], out_dir: Path, resume: bool) -> str:
+    """The run's ``device`` before the run is prepared (to choose the process group's backend)."""
+    if "device" in settings:
+        return str(settings["device"])
+    if resume:
+        with contextlib.suppress(FileNotFoundError, ValueError):
+            return str(read_config_file(out_dir).get("device", "auto"))
+    return "auto"
 
 
 def _train_locked(
@@ -307,6 +328,7 @@ def _train_locked(
     checkpoint: Checkpoint | None,
     on_step: Callable[[int, dict[str, float]], None] | None,
     progress: bool,
+    info: distributed.Distributed,
 ) -> TrainResult:
     started = time.perf_counter()
     probe = resolve_config(settings)
@@ -316,13 +338,19 @@ def _train_locked(
     if config.num_latents is None:
         raise ValueError("num_latents could not be determined from the dataset")
     _configure_torch(config)
-    device = select_device(config.device)
+    device = info.device if info.enabled else select_device(config.device)
     checkpoint_path = out_dir / CHECKPOINT_NAME
 
     torch.manual_seed(config.seed)
     model = make_model(config, dataset).to(device)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if info.enabled and type(model).train_step is not Autoencoder.train_step:
+        raise ValueError(
+            f"model {config.model!r} trains with its own train_step, which does not run its forward pass through "
+            "the DistributedDataParallel module; data-parallel training (WORLD_SIZE > 1) supports the models "
+            "that use Autoencoder.train_step"
+        )
     optimizers = _model_optimizers(model, config)
     data_generator = torch.Generator().manual_seed(config.seed)
     step = 0
@@ -338,10 +366,14 @@ def _train_locked(
             records = [r for r in records if not (r.get("kind") == "eval" and r.get("step") == step)]
         rewrite_log(out_dir, records)
 
-    forward = torch.compile(model) if config.compile else model
+    distributed.reseed_rank(config.seed, step, info)
+    forward = distributed.wrap_model(model, info)
+    forward = torch.compile(forward) if config.compile else forward
     eval_factors = evaluation_factors(dataset, config.eval_samples, config.eval_seed)
 
     def save(at_step: int) -> None:
+        if not info.is_main:  # rank 0 alone writes; every rank holds the same state
+            return
         extra = {
             "model": config.model,
             "dataset": config.dataset,
@@ -362,18 +394,28 @@ def _train_locked(
 
     if checkpoint is None:
         save(0)  # from here on the directory holds a resumable run, whatever happens next
-    write_config(out_dir, config)
+    if info.is_main:
+        write_config(out_dir, config)
 
     stop = _StopRequest()
-    with stop.installed(), LogWriter(out_dir, Sinks.for_run(out_dir, config, step)) as log_file:
+    log_writer = (
+        LogWriter(out_dir, Sinks.for_run(out_dir, config, step))
+        if info.is_main
+        else contextlib.nullcontext(distributed.DISCARD)
+    )
+    with stop.installed(), log_writer as log_file:
         log = log_file.write
 
-        def run_evaluation(at_step: int) -> Evaluation:
+        def run_evaluation(at_step: int) -> Evaluation | None:
+            if not info.is_main:  # rank 0 evaluates; the others wait for it
+                distributed.barrier(info)
+                return None
             with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
                 evaluation = evaluate_model(
                     model, dataset, eval_factors, device, config.infomec_convention, config.channels_last
                 )
             log({"kind": "eval", "step": at_step, "metrics": evaluation.metrics})
+            distributed.barrier(info)
             return evaluation
 
         # Each logged term is its mean over the steps of the window that returned it (a GAN's generator terms
@@ -395,15 +437,16 @@ def _train_locked(
         model.train()
         try:
             while step < config.steps:
-                if stop.signum is not None:  # a signal during start-up
+                if stop.signum is not None and not info.enabled:  # a signal during start-up
                     raise KeyboardInterrupt
                 tick = time.perf_counter()
                 in_step = True
-                images, _ = dataset.sample_batch(config.batch_size, data_generator)
+                images = distributed.batch_shard(dataset, config.batch_size, data_generator, info)
                 images = images.to(device, non_blocking=True)
                 if config.channels_last:
                     images = images.contiguous(memory_format=torch.channels_last)
                 losses = model.train_step(images, step, optimizers, config, forward=forward)
+                losses = distributed.mean_losses(losses, info)
                 if "loss" not in losses:
                     raise ValueError(
                         f"{type(model).__name__}.train_step must return a 'loss' entry, got {sorted(losses)}"
@@ -441,7 +484,7 @@ def _train_locked(
                     save(step)
                 if on_step is not None:
                     on_step(step, values)
-                if stop.signum is not None:
+                if distributed.any_rank(stop.signum is not None, info):  # all ranks stop after the same step
                     raise KeyboardInterrupt
         except KeyboardInterrupt as err:
             interrupted = True
@@ -450,6 +493,8 @@ def _train_locked(
         finally:
             bar.close()
 
+        if interrupted and not info.is_main:
+            return TrainResult(out_dir, step, True, None, None, stop_signal)
         if interrupted:
             name = signal.Signals(stop_signal).name
             if in_step or at_once:
@@ -469,6 +514,9 @@ def _train_locked(
 
         save(step)
         stop.immediate = True  # the final checkpoint is written: a signal now stops at once
+        if not info.is_main:
+            run_evaluation(step)
+            return TrainResult(out_dir, step, False, None, None)
         print(f"Evaluating on {config.eval_samples} samples ...", file=sys.stderr)
         evaluation = run_evaluation(step)
 
