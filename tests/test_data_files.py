@@ -553,3 +553,20 @@ def test_mpi3d_files_of_the_official_sizes_are_told_apart(tmp_path, count):
     assert isinstance(ds._images(), np.memmap) and ds._images().shape == (count, 64, 64, 3)
     images = ds.images_for(ds.index_to_factors([0, count - 1]))
     assert images.shape == (2, 3, 64, 64) and float(images.abs().sum()) == 0.0
+
+
+def test_3dshapes_of_the_official_size_gives_the_official_grid(tmp_path):
+    sizes = (10, 10, 10, 8, 4, 15)
+    values = [np.arange(10) / 10, np.arange(10) / 10, np.arange(10) / 10]
+    values += [np.linspace(0.75, 1.25, 8), np.arange(4.0), np.linspace(-30.0, 30.0, 15)]
+    classes = grid(sizes)
+    labels = np.stack([v[classes[:, f]] for f, v in enumerate(values)], axis=1)
+    path = tmp_path / "3dshapes.h5"
+    with h5py.File(path, "w") as f:  # chunks never written take no space: 5.9 GB of pixels, a few MB of file
+        f.create_dataset("images", shape=(480_000, 64, 64, 3), dtype=np.uint8, chunks=(1, 64, 64, 3))
+        f["labels"] = labels
+    ds = get_dataset("shapes3d", path)
+    assert ds.factor_sizes == sizes and len(ds) == 480_000 and ds.storage == "cache"
+    for f, v in enumerate(values):
+        np.testing.assert_allclose(ds.factor_values[f], v)
+    assert ds.factor_names == ("floor_hue", "wall_hue", "object_hue", "scale", "shape", "orientation")
