@@ -183,3 +183,19 @@ def test_training_feeds_the_sinks_and_warns_about_paper_networks_on_cpu(tmp_path
     assert any((out / "tensorboard").iterdir())
     prov = __import__("json").loads((out / "metrics.json").read_text())["provenance"]
     assert prov["wall_time_s"] > 0
+
+
+def test_run_evaluation_shows_progress_on_a_terminal(monkeypatch, capsys):
+    from latentquant import _progress
+    from latentquant.data import get_dataset
+    from latentquant.train.evaluate import encode_dataset, evaluation_factors
+    from latentquant.zoo import build_model
+
+    dataset = get_dataset("dsprites")
+    model = build_model("qlae", 4, dataset.image_shape, encoder="tiny", decoder="tiny")
+    factors = evaluation_factors(dataset, 40, 0)
+    encode_dataset(model, dataset, factors, torch.device("cpu"))
+    assert capsys.readouterr().err == ""  # not a terminal
+    monkeypatch.setattr(_progress, "show_progress", lambda enabled=None: True)
+    latents, _, _ = encode_dataset(model, dataset, factors, torch.device("cpu"))
+    assert "evaluation: encoding" in capsys.readouterr().err and latents.shape == (40, 4)

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from latentquant._progress import progress
 from latentquant.metrics import infomec
 from latentquant.zoo import Autoencoder
 
@@ -87,7 +88,8 @@ def encode_dataset(
     model.eval()
     latents, psnrs, bce_sum = [], [], 0.0
     try:
-        for start in range(0, factors.shape[0], EVAL_BATCH):
+        batches = range(0, factors.shape[0], EVAL_BATCH)
+        for start in progress(batches, "evaluation: encoding", total=len(batches)):
             images = dataset.images_for(factors[start : start + EVAL_BATCH]).to(device)
             if channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
