@@ -27,8 +27,8 @@ Learn and measure disentangled representations with quantized latents: QLAE and 
 "Disentanglement via Latent Quantization" (Hsu et al., NeurIPS 2023), with InfoMEC, MIG, DCI and SAP."""
 
 _EPILOG = """\
-quick start (a few hundred steps, about a minute and a half on a 2-core CPU):
-  latentquant train --config configs/demo.yaml --out runs/quick steps=300 eval_samples=2000
+quick start (300 steps, about a minute on an idle 2-core CPU):
+  latentquant train --config configs/demo.yaml --out runs/quick steps=300 eval_samples=1000
   then open runs/quick/report.html: metrics, reconstructions, traversals, NMI heatmap, loss curves
 
 common tasks:
