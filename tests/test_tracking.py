@@ -199,3 +199,24 @@ def test_run_evaluation_shows_progress_on_a_terminal(monkeypatch, capsys):
     monkeypatch.setattr(_progress, "show_progress", lambda enabled=None: True)
     latents, _, _ = encode_dataset(model, dataset, factors, torch.device("cpu"))
     assert "evaluation: encoding" in capsys.readouterr().err and latents.shape == (40, 4)
+
+
+def test_metrics_command_records_provenance(tmp_path, capsys):
+    import json
+
+    import numpy as np
+
+    from latentquant.cli import main
+
+    rng = np.random.default_rng(0)
+    sources = rng.integers(0, 4, (200, 2))
+    np.savez(tmp_path / "rep.npz", sources=sources, latents=sources + 0.1 * rng.normal(size=(200, 2)))
+    assert (
+        main(["metrics", str(tmp_path / "rep.npz"), "--metrics", "mig", "--out", str(tmp_path / "out")]) == 0
+    )
+    record = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert (
+        record["provenance"]["torch_version"] == torch.__version__
+        and record["provenance"]["wall_time_s"] >= 0
+    )
+    assert capsys.readouterr().err == ""  # no progress bar off a terminal

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 import zipfile
 from pathlib import Path
 
@@ -69,7 +70,9 @@ def _load(path: Path) -> tuple[np.ndarray, np.ndarray, list[str] | None]:
 def run(args: argparse.Namespace) -> int:
     """Handler of ``latentquant metrics``: returns the exit status (user errors raise, exit 2)."""
     from latentquant.cli import UsageError
+    from latentquant.provenance import provenance
 
+    started = time.perf_counter()
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
     unknown = sorted(set(metrics) - set(ALL_METRICS))
     if unknown or not metrics:
@@ -100,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
         "dci_model": args.dci_model,
         "seed": args.seed,
         **result.to_dict(),
+        "provenance": provenance("cpu", time.perf_counter() - started),
     }
     written = [out / "metrics.json"]
     (out / "metrics.json").write_text(json.dumps(record, indent=2) + "\n")
