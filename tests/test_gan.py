@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 import types
 
@@ -431,3 +432,22 @@ def test_evaluate_command_on_a_gan_run(gan_run, capsys):
     assert after["eval_samples"] == 200 and after["model"] == "qlinfowgan"
     assert after["steps"] == before["steps"] and "infom" in after
     assert "qlinfowgan on shapes3d" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("model_args.generator_period=0", "generator_period must be an int >= 1"),
+        ("model_args.beta2=1.5", r"beta2 must be in \[0, 1\)"),
+        ("model_args.latent_weight=-3", "latent_weight must be a number >= 0"),
+        ("model_args.beta=3", "has no argument"),
+    ],
+)
+def test_cli_refuses_bad_gan_arguments_with_exit_2(override, message, tmp_path, capsys):
+    argv = ["train", "--model", "qlinfowgan", "--out", str(tmp_path / "run"), "--no-progress", override]
+    argv += ["encoder=tiny", "decoder=tiny", "steps=2", "eval_samples=200", "device=cpu"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert re.search(message, err), err
+    assert not (tmp_path / "run" / CHECKPOINT_NAME).exists()
