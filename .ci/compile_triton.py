@@ -199,6 +199,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", type=int, default=90, help="compute capability as an integer (90 = sm_90)")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    parser.add_argument(
+        "--first-per-kernel",
+        action="store_true",
+        help="compile one variant of each kernel (a quick smoke run; CI compiles them all)",
+    )
     args = parser.parse_args()
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         print("compile_triton: unset TRITON_INTERPRET (the interpreter compiles nothing)", file=sys.stderr)
@@ -207,12 +212,19 @@ def main() -> int:
         "TRITON_DEFAULT_FP_FUSION", "1"
     )  # the launch-time default, stated (silences a warning)
     work = [(*v, args.arch) for v in variants()]
+    if args.first_per_kernel:
+        seen: set[str] = set()
+        work = [w for w in work if not (w[1] in seen or seen.add(w[1]))]
     t0 = time.time()
+    results = []
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-        results = list(pool.map(compile_one, work))
+        for label, err, size in pool.map(compile_one, work):
+            results.append((label, err, size))
+            if err:
+                print(f"compile_triton: FAILED {label}\n{err}", file=sys.stderr, flush=True)
+            elif len(results) % 10 == 0:
+                print(f"compile_triton: {len(results)}/{len(work)} ({time.time() - t0:.0f} s)", flush=True)
     failed = [(label, err) for label, err, _ in results if err]
-    for label, err in failed:
-        print(f"compile_triton: FAILED {label}\n{err}", file=sys.stderr)
     kernels = len({(m, n) for m, n, *_ in work})
     size = sum(b for *_, b in results)
     print(

@@ -60,6 +60,8 @@ def _latent_quantize_bwd_kernel(
     offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < numel
     gl = tl.load(grad_loss_ptr)
+    # tl.full keeps the float64 argument exact under the interpreter too (it hands Python floats over as-is,
+    # and arithmetic on them would round to float32).
     z_scale = gl * tl.full((), z_factor, tl.float64).to(ct)
     v_scale = gl * tl.full((), v_factor, tl.float64).to(ct)
     k = tl.load(indices_ptr + offs, mask=mask, other=0)

@@ -1,4 +1,5 @@
-"""Triton latent_quantize launchers (interpreter, CPU tensors) against latent_quantize_ref and its math."""
+"""Triton latent_quantize launchers against latent_quantize_ref and its math: compiled on CUDA tensors when a GPU is
+present, else under the interpreter on CPU tensors."""
 
 import pytest
 import quant_checks

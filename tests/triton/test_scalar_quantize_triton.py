@@ -1,4 +1,5 @@
-"""Triton scalar_quantize launchers (interpreter, CPU tensors) against scalar_quantize_ref."""
+"""Triton scalar_quantize launchers against scalar_quantize_ref: compiled on CUDA tensors when a GPU is
+present, else under the interpreter on CPU tensors."""
 
 import pytest
 import quant_checks

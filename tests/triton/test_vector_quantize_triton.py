@@ -1,4 +1,5 @@
-"""Triton vector_quantize launchers (interpreter, CPU tensors) against vector_quantize_ref."""
+"""Triton vector_quantize launchers against vector_quantize_ref: compiled on CUDA tensors when a GPU is
+present, else under the interpreter on CPU tensors."""
 
 import pytest
 import quant_checks
