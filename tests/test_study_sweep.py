@@ -314,3 +314,19 @@ def test_local_sweep_ctrl_c_leaves_runs_resumable(tmp_path):
         assert 0 < step < 100_000
         assert run_state(out / name, {"model": "qlae", "steps": 100_000}) == "resume"
     assert not (out / "ae-shapes3d-seed0").exists()
+
+
+@pytest.mark.heavy
+def test_train_run_restarts_a_run_that_died_before_its_first_checkpoint(tmp_path):
+    from latentquant.study.sweep import train_run
+    from latentquant.train.config import parse_overrides
+
+    run_dir = tmp_path / "qlae-shapes3d-seed0"
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text("model: qlae\nsteps: 999\n")  # left by a start killed early
+    (run_dir / "notes.txt").write_text("mine")
+    settings = {"model": "qlae", "dataset": "shapes3d", "seed": 0, **parse_overrides(TINY)}
+    result = train_run(settings, str(run_dir), 1, None)
+    assert result["state"] == "complete" and result["step"] == 4
+    assert (run_dir / "notes.txt").read_text() == "mine"  # only the run's own files were replaced
+    assert train_run(settings, str(run_dir), 1, None)["step"] is None  # complete now: skipped

@@ -226,9 +226,8 @@ def run_state(run_dir: str | Path, settings: Mapping[str, Any]) -> str:
     continue from) or ``"new"`` (nothing yet, or a start that died before its first checkpoint)."""
     import json
 
-    from latentquant.train.checkpoint import CHECKPOINT_NAME
     from latentquant.train.config import resolve_config
-    from latentquant.train.run import METRICS_NAME
+    from latentquant.train.rundir import CHECKPOINT_NAME, METRICS_NAME
 
     run_dir = Path(run_dir)
     if not (run_dir / CHECKPOINT_NAME).is_file():
@@ -262,13 +261,14 @@ def train_run(settings: dict[str, Any], run_dir: str, num_threads: int | None, p
         for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
             os.environ[name] = str(num_threads)
     from latentquant.train.loop import train
-    from latentquant.train.run import remove_run_files
+    from latentquant.train.rundir import holds_run
 
     state = run_state(run_dir, settings)
     if state == "complete":
         return {"state": "complete", "step": None, "metrics": {}}
-    if state == "new":
-        remove_run_files(Path(run_dir))  # a start that died before its first checkpoint: nothing to keep
+    if state == "new" and holds_run(Path(run_dir)):
+        # a start that died before its first checkpoint: nothing to keep; train replaces it under its lock
+        settings = {**settings, "overwrite": True}
     result = train(settings, run_dir, resume=state == "resume", progress=False)
     metrics = {k: (result.metrics or {}).get(k) for k in ("infom", "infoe", "infoc", "psnr")}
     return {

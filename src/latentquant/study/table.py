@@ -31,6 +31,8 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
+from latentquant.train.rundir import CONFIG_NAME, METRICS_NAME
+
 METRICS = ("infom", "infoe", "infoc", "psnr")
 MAIN_METRICS = ("infom", "infoe", "infoc")
 METRIC_LABELS = {"infom": "InfoM", "infoe": "InfoE", "infoc": "InfoC", "psnr": "PSNR (dB)"}
@@ -52,8 +54,6 @@ MODEL_ORDER = (
     "qlinfowgan_gp_no_wd",
 )
 DATASET_ORDER = ("shapes3d", "mpi3d", "falcor3d", "isaac3d", "dsprites")
-METRICS_FILE = "metrics.json"
-CONFIG_FILE = "config.yaml"
 
 
 @dataclass(frozen=True)
@@ -132,18 +132,18 @@ def collect_runs(root: str | Path) -> tuple[list[RunMetrics], list[Problem]]:
         raise FileNotFoundError(f"run folder {root} does not exist or is not a directory")
     runs: list[RunMetrics] = []
     problems: list[Problem] = []
-    for config_path in sorted(root.rglob(CONFIG_FILE)):
-        if not (config_path.parent / METRICS_FILE).is_file():
-            problems.append(Problem(config_path.parent, f"unfinished: no {METRICS_FILE}"))
-    for path in sorted(root.rglob(METRICS_FILE)):
+    for config_path in sorted(root.rglob(CONFIG_NAME)):
+        if not (config_path.parent / METRICS_NAME).is_file():
+            problems.append(Problem(config_path.parent, f"unfinished: no {METRICS_NAME}"))
+    for path in sorted(root.rglob(METRICS_NAME)):
         run_dir = path.parent
         try:
             data = json.loads(path.read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            problems.append(Problem(run_dir, f"unreadable {METRICS_FILE}: {err}"))
+            problems.append(Problem(run_dir, f"unreadable {METRICS_NAME}: {err}"))
             continue
         if not isinstance(data, dict) or not all(isinstance(data.get(k), str) for k in ("model", "dataset")):
-            problems.append(Problem(run_dir, f"{METRICS_FILE} does not name its model and dataset"))
+            problems.append(Problem(run_dir, f"{METRICS_NAME} does not name its model and dataset"))
             continue
         values = {metric: _as_float(data.get(metric)) for metric in METRICS}
         missing = [metric for metric, value in values.items() if not math.isfinite(value)]
