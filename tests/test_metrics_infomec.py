@@ -87,10 +87,11 @@ def test_perfect_representation_scores_one(convention: str) -> None:
     assert np.abs(result.nmi - np.diag(np.diag(result.nmi))).max() < 0.01
 
 
-def test_constant_representation_scores_zero() -> None:
+def test_constant_representation_is_undefined_but_not_explicit() -> None:
     s = _sources(500)
     result = infomec(s, np.zeros((500, 4)), False, "paper")
-    assert (result.infom, result.infoc) == (0.0, 0.0)
+    # no active latent: InfoM and InfoC are 0/0, NaN as in the authors' code (tests/test_protocol.py)
+    assert math.isnan(result.infom) and math.isnan(result.infoc)
     assert result.infoe == pytest.approx(0.0, abs=1e-6)  # ln C recomputed from float32 log-probabilities
     assert not result.active_latents.any()
 
@@ -119,7 +120,7 @@ def test_formulas_on_a_hand_made_nmi() -> None:
     nmi = torch.tensor([[0.8, 0.2, 0.0, 0.5], [0.0, 0.6, 0.0, 0.5]], dtype=torch.float64)
     active = torch.tensor([True, True, True, False])
     infom, infoc = modularity_compactness(nmi, active)
-    # latent 2 carries nothing: skipped; latents 0, 1 shares 1.0 and 0.75, S = 2
+    # latent 2 carries nothing: dropped ("paper"); latents 0, 1 shares 1.0 and 0.75, S = 2
     assert infom == pytest.approx(((1.0 + 0.75) / 2 - 0.5) / 0.5)
     # sources over 3 active latents: shares 0.8 and 1.0
     assert infoc == pytest.approx(((0.8 + 1.0) / 2 - 1 / 3) / (2 / 3))

@@ -44,7 +44,8 @@ TINY = {
 
 
 # ------------------------------------------------------------------------------------------ optimizer
-def test_param_groups_split_weights_from_biases_norms_and_codebooks():
+def test_param_groups_split_biases_and_codebooks_from_everything_else():
+    # As the authors: only biases (normalization shifts included) and codebooks escape decay and clipping.
     model = build_model("qlae", 4, (3, 64, 64), encoder="tiny", decoder="tiny")
     groups = {g["name"]: g for g in param_groups(model, 0.1)}
     decay = {id(p) for p in groups["decay"]["params"]}
@@ -54,11 +55,11 @@ def test_param_groups_split_weights_from_biases_norms_and_codebooks():
     assert groups["decay"]["clip"] is True and groups["no_decay"]["clip"] is False
     assert decay.isdisjoint(no_decay) and decay | no_decay == set(names)
     assert id(model.quantizer.values) in no_decay
-    norms = {id(p) for m in model.modules() if isinstance(m, torch.nn.InstanceNorm2d) for p in m.parameters()}
-    assert norms and norms <= no_decay
-    assert all(
-        names[i].endswith(".bias") or i in norms or names[i].startswith("quantizer.") for i in no_decay
-    )
+    norm_scales = {
+        id(m.weight) for m in model.modules() if isinstance(m, torch.nn.InstanceNorm2d) and m.affine
+    }
+    assert norm_scales and norm_scales <= decay
+    assert all(names[i].endswith(".bias") or names[i].startswith("quantizer.") for i in no_decay)
     assert all(names[i].endswith(".weight") or names[i].endswith("input_map") for i in decay)
     assert id(model.decoder.input_map) in decay
 

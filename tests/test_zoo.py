@@ -17,11 +17,11 @@ LOG2 = math.log(2.0)
 C = -0.5 * math.log(2 * math.pi)  # log N(0; 0, 1)
 
 
-def _tiny(name: str, num_latents: int = 4, **kwargs) -> torch.nn.Module:
-    torch.manual_seed(0)
+def _tiny(name: str, num_latents: int = 4, seed: int = 0, **kwargs) -> torch.nn.Module:
+    torch.manual_seed(seed)
     if name == "beta_tcvae":
         kwargs.setdefault("dataset_size", 1000)
-    if name == "vqvae":
+    if name.startswith("vqvae"):
         kwargs.setdefault("codebook_size", 16)
         kwargs.setdefault("code_dim", 4)
     return build_model(name, num_latents, IMAGE, encoder="tiny", decoder="tiny", **kwargs)
@@ -97,7 +97,7 @@ def test_ae_loss_is_bce():
 
 
 def test_bioae_loss_hand_computed():
-    model = _tiny("bioae", num_latents=2)
+    model = _tiny("bioae", num_latents=2, activity_weight=0.01)
     z = torch.tensor([[1.0, -2.0], [0.5, -1.0]])
     losses = model.losses(_half(), {"z": z, "x_hat_logits": torch.zeros(2, *IMAGE)})
     assert losses["nonnegative"].item() == pytest.approx(0.75)  # (0 + 2 + 0 + 1) / 4
@@ -226,9 +226,7 @@ def test_vqvae_loss_hand_computed():
     }
     losses = model.losses(_half(1), out)
     assert losses["loss"].item() == pytest.approx(LOG2 + (1.0 + 0.25) * distance, rel=1e-5)
-    torch.testing.assert_close(
-        model.decode_representation(indices.float()), model.decoder(z_hat.reshape(1, -1))
-    )
+    torch.testing.assert_close(model.decode_representation(indices), model.decoder(z_hat.reshape(1, -1)))
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
@@ -249,15 +247,20 @@ def test_forward_representation_and_traversal_values(name):
 
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_short_training_run_lowers_the_loss(name, shapes3d_batch):
-    model = _tiny(name)
-    optimizer = build_optimizer(model, 1e-3, 0.01)
+    # The mean over 5 initializations of the drop from the first 5 to the last 5 of 20 steps: one tiny model's
+    # 20-step drop varies several-fold with its seed (QLAE 0.003-0.020 over seeds 0-4; β-VAE 0.008-0.016).
     x = shapes3d_batch
-    history = []
-    for _ in range(20):
-        losses = model.losses(x, model(x))
-        optimizer.zero_grad()
-        losses["loss"].backward()
-        optimizer.step()
-        history.append(losses["loss"].item())
-    assert all(math.isfinite(v) for v in history)
-    assert sum(history[-5:]) / 5 < sum(history[:5]) / 5 - 0.01, history
+    drops = []
+    for seed in range(5):
+        model = _tiny(name, seed=seed)
+        optimizer = build_optimizer(model, 1e-3, 0.01)
+        history = []
+        for _ in range(20):
+            losses = model.losses(x, model(x))
+            optimizer.zero_grad()
+            losses["loss"].backward()
+            optimizer.step()
+            history.append(losses["loss"].item())
+        assert all(math.isfinite(v) for v in history)
+        drops.append(sum(history[:5]) / 5 - sum(history[-5:]) / 5)
+    assert sum(drops) / len(drops) > 0.01, drops

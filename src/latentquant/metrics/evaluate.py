@@ -15,7 +15,7 @@ import torch
 from latentquant._progress import Stages
 from latentquant.metrics._inputs import check_pair, cpu_threads, encode_sources
 from latentquant.metrics.dci import DCI_MODELS, DCIResult, _dci_encoded
-from latentquant.metrics.infomec import CONVENTIONS, InfoMECResult, _infomec_encoded
+from latentquant.metrics.infomec import CONVENTIONS, InfoMECResult, _infomec_encoded, integer_typed
 from latentquant.metrics.mig import MIGResult, binned_mutual_information, mig_from_mutual_information
 from latentquant.metrics.modularity import ModularityExplicitnessResult, _modularity_explicitness_encoded
 from latentquant.metrics.sap import SAPResult, _sap_encoded
@@ -106,13 +106,16 @@ def evaluate_representation(
         raise ValueError(f"convention must be one of {CONVENTIONS}, got {convention!r}")
     if dci_model not in DCI_MODELS:
         raise ValueError(f"dci_model must be one of {DCI_MODELS}, got {dci_model!r}")
+    integer_latents = integer_typed(latents)
     sources, latents = check_pair(sources, latents)
     result = EvaluationResult()
     with cpu_threads(latents.device, num_threads), Stages(metrics, "metrics", show_progress) as stages:
         encoded = encode_sources(sources, device=latents.device)
         stages.start("infomec")
         if "infomec" in metrics:
-            result.infomec = _infomec_encoded(encoded, latents, discrete_latents, convention, jitter, seed)
+            result.infomec = _infomec_encoded(
+                encoded, latents, discrete_latents, convention, jitter, seed, integer_latents
+            )
         stages.start("mig")
         stages.start("modularity")
         if "mig" in metrics or "modularity" in metrics:

@@ -11,17 +11,24 @@ discrete latents: MI          plug-in MI on each latent's unique        same
                               values
 active latents                range > max range / 8 (discrete too)      continuous: range > max range / 20;
                                                                         discrete: range > 0
-InfoE features                latents standardized (that code's         discrete: one-hot of each latent;
-                              latents are floats)                       continuous: standardized
+InfoE features                integer-typed latents (code indices):     integer-typed or ``discrete_latents``:
+                              one-hot; float latents standardized       one-hot of each latent; else standardized
+InfoM over latents without    NaN terms dropped from the mean           NaN terms kept: InfoM is NaN
+information (0/0)
 ============================  ========================================  =========================================
 
 Sources are label-encoded per column; ``NMI[i, j] = I(s_i; z_j) / H(s_i)`` with H the plug-in entropy.
 
-- InfoM = (mean over active latents j with some information of max_i NMI[i, j] / sum_i NMI[i, j] − 1/S)
-  / (1 − 1/S).
+- InfoM = (mean over active latents j of max_i NMI[i, j] / sum_i NMI[i, j] − 1/S) / (1 − 1/S).
 - InfoC = (mean over sources i of max_j NMI[i, j] / sum_j NMI[i, j] − 1/L_active) / (1 − 1/L_active),
-  sums over active latents. A source that no active latent informs about scores 0 (the formula's 0/0);
-  with one active latent an informed source scores 1, with one source every informative latent scores 1.
+  sums over active latents.
+- Where a ratio is 0/0 the result follows the authors' code exactly (their training-time
+  ``compute_mutual_information_ratio`` for "paper", their ``infomec.py`` for "standalone"): an active latent
+  that informs about no source has a NaN InfoM term, which "paper" drops from the mean (its ``isfinite`` mask)
+  and "standalone" keeps (``np.mean``: InfoM is NaN). A source that no active latent informs about has a
+  NaN InfoC term that neither drops: InfoC is NaN in both conventions. With no active latent, or no
+  informative one in "paper", both are NaN; with S = 1 InfoM, with one active latent InfoC, is 0/0 = NaN.
+  A NaN says "undefined for this representation"; no 0 stands in for it.
 - InfoE = mean over sources of (CE_null − CE_pred) / CE_null, with CE_pred the unweighted cross-entropy
   of a multinomial logistic regression (no penalty, balanced class weights, L-BFGS, 100 iterations) fit
   and scored on the same samples. CE_null, the same fit on all-zero features, is exactly ln(C): the
@@ -61,6 +68,7 @@ class InfoMECResult:
         infoe: explicitness, at most 1 and ~0 for uninformative latents (slightly negative is possible:
             the fit minimizes the balanced cross-entropy, InfoE reads the unweighted one).
         infoc: compactness in [0, 1].
+        (InfoM and InfoC are NaN where the authors' formulas are 0/0: see the module docstring.)
         nmi: (S, L) normalized mutual information ``I(s_i; z_j) / H(s_i)``.
         active_latents: (L,) bool, the latents InfoM and InfoC count.
         convention: ``"paper"`` or ``"standalone"``.
@@ -142,32 +150,44 @@ def active_latents(latents: torch.Tensor, discrete_latents: bool, convention: st
     return ranges > ranges.max() / 20
 
 
-def modularity_compactness(nmi: torch.Tensor, active: torch.Tensor) -> tuple[float, float]:
-    """InfoM and InfoC of an NMI matrix (formulas and edge cases in the module docstring).
+def _normalized(mean_share: torch.Tensor, count: int) -> float:
+    """``(mean_share - 1/count) / (1 - 1/count)`` in float64, NaN where it is 0/0 (as numpy/jax give)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return float((np.float64(mean_share) - 1.0 / count) / (1.0 - 1.0 / count))
+
+
+def modularity_compactness(
+    nmi: torch.Tensor, active: torch.Tensor, convention: str = "paper"
+) -> tuple[float, float]:
+    """InfoM and InfoC of an NMI matrix (formulas, and the NaN of 0/0 cases, in the module docstring).
+
+    Args:
+        nmi: normalized mutual information.
+        active: the latents counted.
+        convention: ``"paper"`` drops latents without information from InfoM; ``"standalone"`` keeps them
+            (InfoM NaN), as the authors' two files do.
 
     Shapes:
         nmi (S, L), active (L,) bool.
     """
-    pruned = nmi[:, active.to(nmi.device)]
+    _check_convention(convention)
+    pruned = nmi[:, active.to(nmi.device)].to(torch.float64)
     num_sources, num_active = pruned.shape
     if num_active == 0:
-        return 0.0, 0.0
-    column_sum, row_sum = pruned.sum(dim=0), pruned.sum(dim=1)
-    informative = column_sum > 0
-    if bool(informative.any()):
-        share = pruned.amax(dim=0)[informative] / column_sum[informative]
-        per_latent = (
-            torch.ones_like(share) if num_sources == 1 else (share - 1 / num_sources) / (1 - 1 / num_sources)
-        )
-        infom = float(per_latent.mean())
-    else:
-        infom = 0.0
-    share = pruned.amax(dim=1) / torch.where(row_sum > 0, row_sum, 1.0)
-    if num_active == 1:
-        per_source = (row_sum > 0).to(nmi.dtype)
-    else:
-        per_source = torch.where(row_sum > 0, (share - 1 / num_active) / (1 - 1 / num_active), 0.0)
-    return infom, float(per_source.mean())
+        return math.nan, math.nan
+    per_latent = pruned.amax(dim=0) / pruned.sum(dim=0)  # 0/0 = NaN for a latent informing about nothing
+    if convention == "paper":
+        per_latent = per_latent[torch.isfinite(per_latent)]
+    per_source = pruned.amax(dim=1) / pruned.sum(dim=1)  # NaN for a source no active latent informs about
+    return _normalized(per_latent.mean(), num_sources), _normalized(per_source.mean(), num_active)
+
+
+def integer_typed(latents: object) -> bool:
+    """Whether ``latents`` (numpy array, tensor or array-like) has an integer dtype (not bool): code indices,
+    which InfoE one-hot encodes in both conventions (the authors' ``process_latents``)."""
+    if isinstance(latents, torch.Tensor):
+        return not (latents.is_floating_point() or latents.is_complex() or latents.dtype == torch.bool)
+    return bool(np.issubdtype(np.asarray(latents).dtype, np.integer))
 
 
 def _one_hot_columns(latents: torch.Tensor) -> torch.Tensor:
@@ -183,16 +203,18 @@ def infoe_scores(
     convention: str = "paper",
     max_iter: int = 100,
     dtype: torch.dtype = torch.float32,
+    integer_latents: bool = False,
 ) -> tuple[float, np.ndarray]:
     """InfoE and its per-source terms, all sources fit in one batched L-BFGS on ``latents.device``.
 
     Args:
         encoded: label-encoded sources.
-        latents: the representation.
+        latents: the representation (as float values; ``integer_latents`` says whether they were integers).
         discrete_latents: with ``convention="standalone"``, one-hot features instead of standardized ones.
         convention: ``"paper"`` or ``"standalone"``.
         max_iter: L-BFGS iterations (scikit-learn's default 100, as the reference).
         dtype: compute dtype of the fit (float32 agrees with float64 to ~1e-6 here and is ~2x faster).
+        integer_latents: the latents are integer-typed code indices: one-hot features in both conventions.
 
     Returns:
         (InfoE, per-source (S,) float64 array of (CE_null − CE_pred) / CE_null).
@@ -201,7 +223,7 @@ def infoe_scores(
         encoded.codes (N, S), latents (N, L).
     """
     _check_convention(convention)
-    if convention == "standalone" and discrete_latents:
+    if integer_latents or (convention == "standalone" and discrete_latents):
         features = _one_hot_columns(latents)
     else:
         features = standardize(latents)
@@ -232,7 +254,9 @@ def infomec(
 
     Args:
         sources: ground-truth factors, any values; each column label-encoded, none constant.
-        latents: the representation, finite.
+        latents: the representation, finite. Integer-typed latents (code indices, e.g. VQ-VAE's) get one-hot
+            InfoE features in both conventions, as the authors score VQ-VAE; float latents (QLAE's quantized
+            values) standardized ones in "paper".
         discrete_latents: latents take few distinct values (quantized): plug-in MI on unique values. Default
             False (the k-NN estimator), as ``evaluate_representation``.
         convention: ``"paper"`` (default; produced the paper's tables) or ``"standalone"``
@@ -250,10 +274,11 @@ def infomec(
         sources (N, S), latents (N, L).
     """
     _check_convention(convention)
+    integer_latents = integer_typed(latents)
     sources, latents = check_pair(sources, latents)
     with cpu_threads(latents.device, num_threads):
         encoded = encode_sources(sources, device=latents.device)
-        return _infomec_encoded(encoded, latents, discrete_latents, convention, jitter, seed)
+        return _infomec_encoded(encoded, latents, discrete_latents, convention, jitter, seed, integer_latents)
 
 
 def _infomec_encoded(
@@ -263,19 +288,22 @@ def _infomec_encoded(
     convention: str,
     jitter: float,
     seed: int,
+    integer_latents: bool = False,
 ) -> InfoMECResult:
+    infoe_args = (encoded, latents, discrete_latents, convention)
+    infoe_kwargs = {"integer_latents": integer_latents}
     if latents.device.type == "cpu":
         # The k-NN MI (C++ op) and the logistic fits are independent and both release the GIL in their
         # kernels: on a 2-core CPU they run side by side.
         with ThreadPoolExecutor(max_workers=1) as pool:
-            pending = pool.submit(infoe_scores, encoded, latents, discrete_latents, convention)
+            pending = pool.submit(infoe_scores, *infoe_args, **infoe_kwargs)
             nmi = normalized_mutual_information(encoded, latents, discrete_latents, convention, jitter, seed)
             infoe, _ = pending.result()
     else:
         nmi = normalized_mutual_information(encoded, latents, discrete_latents, convention, jitter, seed)
-        infoe, _ = infoe_scores(encoded, latents, discrete_latents, convention)
+        infoe, _ = infoe_scores(*infoe_args, **infoe_kwargs)
     active = active_latents(latents, discrete_latents, convention)
-    infom, infoc = modularity_compactness(nmi, active)
+    infom, infoc = modularity_compactness(nmi, active, convention)
     return InfoMECResult(
         infom=infom,
         infoe=infoe,

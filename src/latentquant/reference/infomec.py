@@ -9,6 +9,7 @@ balanced class weights, L-BFGS, 100 iterations) scored with the unweighted ``log
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -31,26 +32,33 @@ def _logistic_cross_entropy(features: np.ndarray, labels: np.ndarray) -> float:
     return float(metrics.log_loss(labels, model.predict_proba(features), labels=model.classes_))
 
 
-def _infom_infoc(pruned: np.ndarray) -> tuple[float, float]:
-    """InfoM and InfoC of an NMI matrix restricted to the active latents, one latent/source at a time."""
+def _ratio(numerator: float, denominator: float) -> float:
+    return (
+        numerator / denominator
+        if denominator != 0
+        else (math.nan if numerator == 0 else math.copysign(math.inf, numerator))
+    )
+
+
+def _infom_infoc(pruned: np.ndarray, convention: str) -> tuple[float, float]:
+    """InfoM and InfoC of an NMI matrix restricted to the active latents, one latent/source at a time.
+
+    A 0/0 share is NaN; "paper" drops NaN latent shares from InfoM (the authors' ``isfinite`` mask),
+    "standalone" keeps them; NaN source shares stay in InfoC in both (DESIGN §6, ``metrics.infomec``).
+    """
     num_sources, num_active = pruned.shape
     if num_active == 0:
-        return 0.0, 0.0
-    modularity = []
-    for j in range(num_active):
-        column = pruned[:, j]
-        if column.sum() > 0:  # latents that carry no information are skipped
-            share = column.max() / column.sum()
-            modularity.append(1.0 if num_sources == 1 else (share - 1 / num_sources) / (1 - 1 / num_sources))
-    compactness = []
-    for i in range(num_sources):
-        row = pruned[i]
-        if row.sum() > 0:
-            share = row.max() / row.sum()
-            compactness.append(1.0 if num_active == 1 else (share - 1 / num_active) / (1 - 1 / num_active))
-        else:  # a source no active latent informs about is not compactly encoded
-            compactness.append(0.0)
-    return (float(np.mean(modularity)) if modularity else 0.0), float(np.mean(compactness))
+        return math.nan, math.nan
+    latent_shares = [_ratio(pruned[:, j].max(), pruned[:, j].sum()) for j in range(num_active)]
+    if convention == "paper":
+        latent_shares = [v for v in latent_shares if math.isfinite(v)]
+    source_shares = [_ratio(pruned[i].max(), pruned[i].sum()) for i in range(num_sources)]
+
+    def normalized(shares: list[float], count: int) -> float:
+        mean = math.fsum(shares) / len(shares) if shares else math.nan
+        return _ratio(mean - 1 / count, 1 - 1 / count)
+
+    return normalized(latent_shares, num_sources), normalized(source_shares, num_active)
 
 
 def infomec_ref(
@@ -66,6 +74,7 @@ def infomec_ref(
         sources: ground-truth factors, any values (label-encoded per column).
         latents: the representation.
         discrete_latents: treat each latent as categorical (plug-in MI on its unique values).
+            Integer-typed latents get one-hot InfoE features in both conventions.
         convention: ``"paper"`` or ``"standalone"`` (DESIGN §6).
         seed: ``random_state`` of ``mutual_info_classif`` (its 1e-10 jitter).
 
@@ -78,6 +87,7 @@ def infomec_ref(
     if convention not in _CONVENTIONS:
         raise ValueError(f"convention must be one of {_CONVENTIONS}, got {convention!r}")
     sources = np.asarray(sources)
+    integer_latents = np.issubdtype(np.asarray(latents).dtype, np.integer)
     latents = np.asarray(latents, dtype=np.float64)
     codes = _label_encode(sources)
     num_sources, num_latents = codes.shape[1], latents.shape[1]
@@ -108,9 +118,9 @@ def infomec_ref(
         active = ranges > 0
     else:
         active = ranges > ranges.max() / 20
-    infom, infoc = _infom_infoc(nmi[:, active])
+    infom, infoc = _infom_infoc(nmi[:, active], convention)
 
-    if convention == "standalone" and discrete_latents:
+    if integer_latents or (convention == "standalone" and discrete_latents):
         features = preprocessing.OneHotEncoder(sparse_output=False).fit_transform(latents)
     else:
         features = preprocessing.StandardScaler().fit_transform(latents)

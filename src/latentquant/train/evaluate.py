@@ -25,7 +25,8 @@ class Evaluation:
         metrics: ``infom``, ``infoe``, ``infoc``, ``psnr`` (dB), ``binary_cross_entropy`` and ``eval_samples``.
         nmi: ``(F, L)`` normalized mutual information between factors and latents.
         active_latents: ``(L,)`` bool, the latents InfoMEC counts as active.
-        latents: ``(N, L)`` the representation of the evaluation sample (float32, CPU).
+        latents: ``(N, L)`` the representation of the evaluation sample (CPU; float32, or int64 code indices
+            for VQ-VAE).
         factors: ``(N, F)`` the sample's factor indices.
     """
 
@@ -82,7 +83,8 @@ def encode_dataset(
     """Representation, mean PSNR and mean BCE of the images of ``factors (N, F)``, in batches, in eval mode.
 
     Returns:
-        ``(latents (N, L) float32 CPU, psnr dB, bce)``.
+        ``(latents (N, L) CPU, psnr dB, bce)``; latents are float32, or int64 where ``model.representation``
+        gives integers (VQ-VAE's code indices keep their type: InfoE one-hot encodes them).
     """
     was_training = model.training
     model.eval()
@@ -95,7 +97,10 @@ def encode_dataset(
                 images = images.contiguous(memory_format=torch.channels_last)
             outputs = model(images)
             logits = outputs["x_hat_logits"].float()
-            latents.append(model.representation(outputs).float().cpu())
+            representation = model.representation(outputs)
+            if representation.is_floating_point():
+                representation = representation.float()
+            latents.append(representation.cpu())
             psnrs.append(psnr(torch.sigmoid(logits), images).cpu())
             bce_sum += (
                 float(torch.nn.functional.binary_cross_entropy_with_logits(logits, images, reduction="sum"))
@@ -117,12 +122,13 @@ def evaluate_model(
     """InfoMEC and PSNR of ``model`` on the images of ``factors (N, F)``.
 
     The representation is what ``model.representation`` gives (QLAE: the quantized values; VAEs: the
-    posterior mean; VQ-VAE: code indices), scored as discrete when ``model.discrete_latents``.
+    posterior mean; VQ-VAE: int64 code indices, which InfoE one-hot encodes), scored as discrete when
+    ``model.discrete_latents``.
     """
     latents, mean_psnr, bce = encode_dataset(model, dataset, factors, device, channels_last)
     result = infomec(
         factors.numpy(),
-        latents.double().numpy(),
+        latents.double().numpy() if latents.is_floating_point() else latents.numpy(),
         discrete_latents=model.discrete_latents,
         convention=convention,
     )

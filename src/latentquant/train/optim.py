@@ -1,6 +1,11 @@
-"""The paper's optimizer set-up: AdamW with decoupled weight decay on weights only, and element-wise
-gradient clipping on the same (decayed) parameters; biases, normalization parameters and codebooks get
-neither decay nor clipping."""
+"""The paper's optimizer set-up: AdamW with decoupled weight decay and element-wise gradient clipping on every
+parameter except biases and codebooks, which get plain Adam (neither decay nor clipping).
+
+As the authors' ``AE.construct_optimizer`` (kylehkhsu/latent_quantization): an optax ``multi_transform`` whose
+"regularized" label (``clip`` then ``adamw``) covers every leaf of the model except the leaves named ``bias``
+and the latent layer's (the codebooks). Normalization scales, the decoder's learned constant input and every
+weight are therefore decayed and clipped; a normalization layer's shift is a ``bias`` and is exempt.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +13,6 @@ from typing import Any
 
 import torch
 from torch import nn
-
-_NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 
 
 def _codebook_parameter_ids(model: nn.Module) -> set[int]:
@@ -27,27 +30,24 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     Args:
         model: any module; submodules with a ``codebook_parameters()`` method (the quantizer layers) name
             their codebooks.
-        weight_decay: decoupled weight decay of the weights.
+        weight_decay: decoupled weight decay of the decayed group.
 
     Returns:
         Two groups (empty ones dropped): ``{"name": "decay", "params": [...], "weight_decay": weight_decay,
-        "clip": True}`` with every other trainable parameter, and ``{"name": "no_decay", "params": [...],
-        "weight_decay": 0.0, "clip": False}`` with biases, normalization-layer parameters and codebook
-        parameters. Optimizers keep the extra keys; :func:`clip_gradients` reads ``"clip"``.
+        "clip": True}`` with every trainable parameter that is neither a bias (a parameter named ``bias``,
+        normalization shifts included) nor a codebook parameter — weights, normalization scales, learned
+        constants — and ``{"name": "no_decay", "params": [...], "weight_decay": 0.0, "clip": False}`` with the
+        biases and codebooks. Optimizers keep the extra keys; :func:`clip_gradients` reads ``"clip"``.
     """
     if weight_decay < 0:
         raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
     codebooks = _codebook_parameter_ids(model)
-    norm_params = {
-        id(p) for m in model.modules() if isinstance(m, _NORM_TYPES) for p in m.parameters(recurse=False)
-    }
     decay: list[nn.Parameter] = []
     no_decay: list[nn.Parameter] = []
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        pid = id(param)
-        if pid in codebooks or pid in norm_params or name.rsplit(".", 1)[-1] == "bias":
+        if id(param) in codebooks or name.rsplit(".", 1)[-1] == "bias":
             no_decay.append(param)
         else:
             decay.append(param)

@@ -91,7 +91,8 @@ class Autoencoder(nn.Module, abc.ABC):
 
     @abc.abstractmethod
     def representation(self, outputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The latents evaluation scores, ``(B, L)`` float (for discrete latents: their values or codes)."""
+        """The latents evaluation scores, ``(B, L)``: float (for QLAE: the quantized values), or int64 code indices
+        (VQ-VAE), which InfoE one-hot encodes as the authors do."""
 
     def decode_representation(self, latents: torch.Tensor) -> torch.Tensor:
         """Image logits ``(B, C, H, W)`` from representation latents ``(B, L)`` (as ``representation`` gives)."""

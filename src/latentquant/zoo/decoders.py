@@ -4,14 +4,22 @@ The latent ``z`` goes through dense blocks (linear, ReLU) to a style vector ``w`
 ``(input_channels, h, w)`` (initialized to 0.1) is upsampled by transposed-conv blocks; each block applies
 LeakyReLU 0.2, then instance norm without affine parameters, then a per-channel scale and bias
 ``ReLU(Linear(w))``. A 3x3 convolution gives the output logits.
+
+As the authors' network (kylehkhsu/latent_quantization ``StyleImageDecoder``): the transposed convolutions and
+the output convolution have no bias, the instance norms use eps 1e-6, and the transposed convolutions are
+initialized U(±1/sqrt(in_channels · k²)) as equinox (and flax) do. PyTorch's ``ConvTranspose2d`` default computes
+its fan-in from the output channels, a bound sqrt(2) larger in the blocks that halve the channels.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from latentquant.zoo.encoders import NORM_EPS
 
 
 @dataclass(frozen=True)
@@ -57,8 +65,19 @@ DECODERS: dict[str, DecoderSpec] = {
 }
 
 
+def init_transposed_conv(conv: nn.ConvTranspose2d) -> None:
+    """Re-initialize ``conv``'s weight (and bias, if any) U(±1/sqrt(in_channels · kh · kw)), the authors' bound."""
+    kernel_h, kernel_w = conv.kernel_size
+    bound = 1.0 / math.sqrt(conv.in_channels // conv.groups * kernel_h * kernel_w)
+    with torch.no_grad():
+        conv.weight.uniform_(-bound, bound)
+        if conv.bias is not None:
+            conv.bias.uniform_(-bound, bound)
+
+
 class StyleBlock(nn.Module):
-    """Transposed conv -> LeakyReLU 0.2 -> instance norm -> ``x * scale + bias``, (scale, bias) = ReLU(Linear(w)).
+    """Transposed conv (no bias) -> LeakyReLU 0.2 -> instance norm (no affine, eps 1e-6) -> ``x * scale + bias``,
+    (scale, bias) = ReLU(Linear(w)).
 
     Shapes:
         ``forward(x, w)``: x ``(B, C_in, H, W)``, w ``(B, style_features)`` -> ``(B, C_out, H', W')``.
@@ -69,9 +88,10 @@ class StyleBlock(nn.Module):
     ):
         super().__init__()
         padding = 1 if (kernel_size, stride) in ((3, 1), (4, 2)) else (kernel_size - stride) // 2
-        self.conv = nn.ConvTranspose2d(in_channels, out_channels, kernel_size, stride, padding)
+        self.conv = nn.ConvTranspose2d(in_channels, out_channels, kernel_size, stride, padding, bias=False)
+        init_transposed_conv(self.conv)
         self.activation = nn.LeakyReLU(0.2)
-        self.norm = nn.InstanceNorm2d(out_channels, affine=False, eps=1e-6)
+        self.norm = nn.InstanceNorm2d(out_channels, affine=False, eps=NORM_EPS)
         self.style = nn.Linear(style_features, 2 * out_channels)
 
     def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -119,7 +139,7 @@ class StyleDecoder(nn.Module):
             blocks.append(StyleBlock(in_channels, width_out, kernel, stride, features))
             in_channels = width_out
         self.blocks = nn.ModuleList(blocks)
-        self.output = nn.Conv2d(in_channels, channels, 3, 1, 1)
+        self.output = nn.Conv2d(in_channels, channels, 3, 1, 1, bias=False)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         w = self.mapping(z)

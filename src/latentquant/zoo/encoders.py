@@ -2,6 +2,11 @@
 
 An encoder maps images ``(B, C, H, W)`` in [0, 1] to features ``(B, out_features)``: conv blocks
 (convolution, instance norm, LeakyReLU 0.2), flatten, dense blocks (linear, ReLU), then a linear head.
+
+As the authors' network (kylehkhsu/latent_quantization ``Conv2DBlock``): the convolutions have no bias (the
+instance norm that follows would cancel it), the instance norms have a per-channel scale and shift and eps 1e-6.
+Convolutions and linear layers keep PyTorch's default initialization, U(±1/sqrt(fan_in)) for weights and
+biases, which is the authors' (equinox) initialization.
 """
 
 from __future__ import annotations
@@ -10,6 +15,10 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+NORM_EPS = 1e-6
+"""Epsilon of every instance norm in the zoo's networks (the authors' ``GroupNorm(eps=1e-6)``; PyTorch's default
+is 1e-5)."""
 
 
 @dataclass(frozen=True)
@@ -47,7 +56,8 @@ def _padding(kernel_size: int, stride: int) -> int:
 
 
 class ConvEncoder(nn.Module):
-    """Conv blocks (conv, instance norm, LeakyReLU 0.2) -> dense blocks (linear, ReLU) -> linear head.
+    """Conv blocks (conv without bias, instance norm with eps 1e-6, LeakyReLU 0.2) -> dense blocks (linear, ReLU)
+    -> linear head.
 
     Args:
         spec: the block layout (see :data:`ENCODERS`).
@@ -74,8 +84,8 @@ class ConvEncoder(nn.Module):
         in_channels = channels
         for width_out, kernel, stride in zip(spec.widths, spec.kernel_sizes, spec.strides):
             layers += [
-                nn.Conv2d(in_channels, width_out, kernel, stride, _padding(kernel, stride)),
-                nn.InstanceNorm2d(width_out, affine=True),
+                nn.Conv2d(in_channels, width_out, kernel, stride, _padding(kernel, stride), bias=False),
+                nn.InstanceNorm2d(width_out, affine=True, eps=NORM_EPS),
                 nn.LeakyReLU(0.2),
             ]
             in_channels = width_out

@@ -1,5 +1,9 @@
 """VQ-VAE (van den Oord et al. 2017) as the paper runs it: a shared 512 x 64 codebook, one code per
-latent slot, so the representation is L discrete codes."""
+latent slot, so the representation is L discrete codes.
+
+As the authors evaluate it (``scripts/train_ae.py`` in kylehkhsu/latent_quantization scores ``z_indices``), the
+representation is the integer code index of each slot: plug-in MI on the indices, and one-hot InfoE features
+(``latentquant.metrics.infomec`` one-hot encodes integer-typed latents), since code indices are not ordinal."""
 
 from __future__ import annotations
 
@@ -26,7 +30,7 @@ class VQVAE(Autoencoder):
 
     Shapes:
         ``forward(x)``: -> ``{"z": (B, L, C), "z_hat": (B, L, C), "indices": (B, L) int64, "aux_loss": (),
-        "x_hat_logits": (B, C_img, H, W)}``; the representation is the code index of each slot, ``(B, L)`` float.
+        "x_hat_logits": (B, C_img, H, W)}``; the representation is the code index of each slot, ``(B, L)`` int64.
     """
 
     name: ClassVar[str] = "vqvae"
@@ -85,9 +89,11 @@ class VQVAE(Autoencoder):
         }
 
     def representation(self, outputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        return outputs["indices"].float()
+        """The code index of each slot, ``(B, L)`` int64 (integer-typed: InfoE one-hot encodes it)."""
+        return outputs["indices"]
 
     def decode_representation(self, latents: torch.Tensor) -> torch.Tensor:
+        """Image logits ``(B, C, H, W)`` from code indices ``(B, L)`` (int64, or floats holding integers)."""
         codes = self.quantizer.indices_to_values(latents.long())
         return self.decoder(codes.reshape(latents.shape[0], -1))
 
