@@ -9,8 +9,9 @@ per target, with a batched L-BFGS: history 10 and the stopping rules and iterati
 L-BFGS-B as scikit-learn calls it (at most ``max_iter`` iterations, max |gradient| <= ``tol``, relative
 decrease <= 64 eps); the line search is Armijo backtracking with quadratic interpolation rather than
 scipy's More-Thuente, so iterates differ slightly on the way to the same optimum. Every target keeps its
-own curvature history and step length; the features are shared, so each evaluation is one call of
-``latentquant::logistic_loss_grad`` for all targets (on CPU a fused C++ pass over blocks of samples; on
+own curvature history and step length, in one loop over all targets (its bookkeeping runs once per
+iteration, not once per group); the features are shared, so each evaluation is one call of
+``latentquant::logistic_loss_grad`` per group of targets (on CPU a fused C++ pass over blocks of samples; on
 other devices a matrix product and torch ops). One-hot features of discrete latents can be given as
 their codes (:class:`OneHotCodes`): each evaluation is then ``latentquant::logistic_onehot_loss_grad``,
 G gathered weight columns per sample instead of an F-long product (F ~ hundreds of one-hot columns), the
@@ -242,20 +243,9 @@ def fit_logistic(
     if num_classes is None:
         num_classes = labels.max(dim=0).values + 1
     num_classes = num_classes.to(device=features.device, dtype=torch.int64)
-    width = int(num_classes.max())
-    weights = torch.zeros(
-        labels.shape[1], width, features.shape[1] + 1, dtype=features.dtype, device=features.device
-    )
-    weights[..., -1] = _PAD_LOGIT
-    cross_entropy = torch.zeros(labels.shape[1], dtype=torch.float64, device=features.device)
-    n_iter = torch.zeros(labels.shape[1], dtype=torch.int64, device=features.device)
+    groups = _class_count_groups(num_classes.tolist())
     with cpu_threads(features.device, num_threads):
-        for group in _class_count_groups(num_classes.tolist()):
-            index = torch.tensor(group, device=features.device)
-            fit = _fit(features, labels[:, index], num_classes[index], class_weight, l2, max_iter, tol)
-            weights[index, : fit.weights.shape[1]] = fit.weights
-            cross_entropy[index], n_iter[index] = fit.cross_entropy, fit.n_iter
-    return LogisticFit(weights=weights, cross_entropy=cross_entropy, n_iter=n_iter)
+        return _fit(features, labels, num_classes, groups, class_weight, l2, max_iter, tol)
 
 
 def _class_count_groups(num_classes: list[int], max_padding: float = 1.25) -> list[list[int]]:
@@ -273,30 +263,95 @@ def _class_count_groups(num_classes: list[int], max_padding: float = 1.25) -> li
     return groups
 
 
+class _Part(NamedTuple):
+    """The active targets of one class-count group: their rows in the active batch, the group's width, and
+    their labels and sample weights (T_part, N)."""
+
+    rows: torch.Tensor | None  # None: every row of the batch
+    width: int
+    labels: torch.Tensor
+    sample_weight: torch.Tensor
+
+
+def _parts(
+    idx: torch.Tensor,
+    group_of: torch.Tensor,
+    widths: list[int],
+    width: int,
+    labels: torch.Tensor,
+    sample_weight: torch.Tensor,
+) -> list[_Part]:
+    """Split the active targets ``idx`` by class-count group (recomputed only when the active set shrinks)."""
+    if len(widths) == 1:
+        return [_Part(None, width, labels[idx], sample_weight[idx])]
+    parts = []
+    member = group_of[idx]
+    for g, w in enumerate(widths):
+        rows = (member == g).nonzero().squeeze(1)
+        if len(rows):
+            targets = idx[rows]
+            parts.append(_Part(rows, w, labels[targets], sample_weight[targets]))
+    return parts
+
+
+def _evaluate(
+    design: _Design, weights: torch.Tensor, parts: list[_Part], l2: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Loss (A,) and gradient (A, W, F1) of a batch of targets, one op call per class-count group on the
+    group's own width (the gradient of a group's columns beyond its width is 0: they never move)."""
+    if len(parts) == 1 and parts[0].rows is None and parts[0].width == weights.shape[1]:
+        part = parts[0]
+        return _loss_and_gradient(design, weights, part.labels, part.sample_weight, l2)
+    loss = weights.new_empty(weights.shape[0])
+    gradient = torch.zeros_like(weights)
+    for part in parts:
+        rows = slice(None) if part.rows is None else part.rows
+        l2_part = None if l2 is None else l2[rows]
+        f, g = _loss_and_gradient(
+            design, weights[rows, : part.width].contiguous(), part.labels, part.sample_weight, l2_part
+        )
+        loss[rows] = f
+        if part.rows is None:
+            gradient[:, : part.width] = g
+        else:
+            gradient[part.rows, : part.width] = g
+    return loss, gradient
+
+
 def _fit(
     features: torch.Tensor | OneHotCodes,
     labels: torch.Tensor,
     num_classes: torch.Tensor,
+    groups: list[list[int]],
     class_weight: str | None,
     l2: float,
     max_iter: int,
     tol: float,
 ) -> LogisticFit:
+    """One batched L-BFGS over every target: the per-iteration bookkeeping (two-loop recursion, line-search
+    tests, history updates) runs once for all targets, and each evaluation calls the op once per class-count
+    group on that group's width (``groups`` from :func:`_class_count_groups`)."""
     labels = labels.T.contiguous()
     num_targets, num_samples = labels.shape
     width = int(num_classes.max())
     dtype = features.dtype
+    device = features.device
+    group_of = torch.empty(num_targets, dtype=torch.int64, device=device)
+    widths = []
+    for g, members in enumerate(groups):
+        group_of[members] = g
+        widths.append(int(num_classes[members].max()))
 
     design = _design(features)
     num_features = design.num_features
-    counts = torch.zeros(num_targets, width, dtype=dtype, device=features.device)
+    counts = torch.zeros(num_targets, width, dtype=dtype, device=device)
     counts.scatter_add_(1, labels, torch.ones_like(labels, dtype=dtype))
     if class_weight == "balanced":
         present = (counts > 0).sum(dim=1, keepdim=True).to(dtype)
         per_class = torch.where(counts > 0, num_samples / (present * counts.clamp_min(1)), 0.0)
         sample_weight = per_class.gather(1, labels)
     else:
-        sample_weight = torch.ones(num_targets, num_samples, dtype=dtype, device=features.device)
+        sample_weight = torch.ones(num_targets, num_samples, dtype=dtype, device=device)
     sample_weight = sample_weight / sample_weight.sum(dim=1, keepdim=True)
 
     if l2 > 0:
@@ -304,17 +359,17 @@ def _fit(
     else:
         l2_per_target = None
     weights = _initial_weights(num_classes, width, num_features, dtype)
-    loss, gradient = _loss_and_gradient(design, weights, labels, sample_weight, l2_per_target)
-    s_hist = torch.zeros(num_targets, _HISTORY, width * num_features, dtype=dtype, device=features.device)
+    all_targets = torch.arange(num_targets, device=device)
+    parts = _parts(all_targets, group_of, widths, width, labels, sample_weight)
+    loss, gradient = _evaluate(design, weights, parts, l2_per_target)
+    s_hist = torch.zeros(num_targets, _HISTORY, width * num_features, dtype=dtype, device=device)
     y_hist = torch.zeros_like(s_hist)
-    rho = torch.zeros(num_targets, _HISTORY, dtype=dtype, device=features.device)
-    n_iter = torch.zeros(num_targets, dtype=torch.int64, device=features.device)
+    rho = torch.zeros(num_targets, _HISTORY, dtype=dtype, device=device)
+    n_iter = torch.zeros(num_targets, dtype=torch.int64, device=device)
     active = gradient.flatten(1).abs().amax(dim=1) > tol
     ftol = 64 * torch.finfo(torch.float64).eps
     order: list[int] = []
-    # The active targets' labels and weights, gathered again only when the active set shrinks.
-    num_active = num_targets
-    labels_a, weight_a = labels, sample_weight
+    num_active = num_targets  # the active set only shrinks: another size is another set
 
     for iteration in range(max_iter):
         if not bool(active.any()):
@@ -335,15 +390,15 @@ def _fit(
         else:
             step = torch.ones_like(f_a)
 
-        if len(idx) != num_active:  # the active set only shrinks: another size is another set
+        if len(idx) != num_active:
             num_active = len(idx)
-            labels_a, weight_a = labels[idx], sample_weight[idx]
+            parts = _parts(idx, group_of, widths, width, labels, sample_weight)
         l2_a = None if l2_per_target is None else l2_per_target[idx]
         pending = torch.ones_like(downhill)
         new_f, new_g = f_a.clone(), g_a.clone()
         for _ in range(_MAX_LINE_SEARCH):
             trial = (x_a + step[:, None] * direction).view(-1, width, num_features)
-            f_t, g_t = _loss_and_gradient(design, trial, labels_a, weight_a, l2_a)
+            f_t, g_t = _evaluate(design, trial, parts, l2_a)
             accept = pending & torch.isfinite(f_t) & (f_t <= f_a + _ARMIJO * step * slope)
             new_f = torch.where(accept, f_t, new_f)
             new_g = torch.where(accept[:, None], g_t.flatten(1), new_g)
@@ -377,7 +432,9 @@ def _fit(
 
     # The unweighted mean cross-entropy: the loss with uniform sample weights.
     uniform = torch.full_like(sample_weight, 1.0 / max(num_samples, 1))
-    cross_entropy = design.loss_grad(design.data, weights, labels, uniform)[0].to(torch.float64)
+    cross_entropy = _evaluate(
+        design, weights, _parts(all_targets, group_of, widths, width, labels, uniform), None
+    )[0].to(torch.float64)
     return LogisticFit(weights=weights, cross_entropy=cross_entropy, n_iter=n_iter)
 
 
