@@ -61,7 +61,15 @@ def check_pair(
     if isinstance(latents, np.ndarray):
         if not np.issubdtype(latents.dtype, np.number) or np.issubdtype(latents.dtype, np.complexfloating):
             raise ValueError(f"latents must be real numbers, got dtype {latents.dtype}")
-        latents = torch.from_numpy(np.ascontiguousarray(latents, dtype=np.float64))
+        with np.errstate(over="ignore"):
+            as_float64 = np.ascontiguousarray(latents, dtype=np.float64)
+        beyond = (np.isfinite(latents) & ~np.isfinite(as_float64)).any(axis=0).nonzero()[0].tolist()
+        if beyond:
+            raise ValueError(
+                f"latents columns {beyond} hold finite {latents.dtype} values beyond float64's range (|x| > 1.8e308), "
+                "which the metrics compute in; rescale them (e.g. divide by their largest absolute value)"
+            )
+        latents = torch.from_numpy(as_float64)
     elif latents.is_complex():
         raise ValueError(f"latents must be real numbers, got dtype {latents.dtype}")
     latents = latents.detach().to(torch.float64)
