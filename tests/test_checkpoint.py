@@ -85,8 +85,10 @@ def test_zeroed_bytes_in_tensor_data_are_detected(saved):
     path = saved[0]
     header, body = _header(path)
     data = bytearray(path.read_bytes())
-    start = len(data) - len(body) + len(body) // 2
-    assert any(data[start : start + 16])
+    # the first 16 non-zero bytes from the middle of the tensor data on (zero-initialized tensors, such as
+    # instance-norm shifts, can sit at the middle)
+    middle = len(data) - len(body) + len(body) // 2
+    start = next(s for s in range(middle, len(data) - 16, 16) if any(data[s : s + 16]))
     data[start : start + 16] = bytes(16)
     path.write_bytes(bytes(data))
     with pytest.raises(ValueError, match=r"checkpoint .*checkpoint.safetensors.*tensors_sha256"):
