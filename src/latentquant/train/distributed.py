@@ -115,12 +115,16 @@ def batch_shard(dataset: Any, batch_size: int, generator: torch.Generator, info:
     """This rank's ``batch_size`` images of a global batch of ``batch_size x world_size``.
 
     Every rank draws the same global factor tuples from ``generator`` (which therefore stays identical on
-    all ranks) and renders rows ``[rank x B, (rank + 1) x B)``; with one rank this is
-    ``dataset.sample_batch(batch_size, generator)``.
+    all ranks) and renders rows ``[rank x B, (rank + 1) x B)``. One process takes
+    ``dataset.sample_batch(batch_size, generator)``, which is ``images_for(sample_factors(...))`` for every
+    dataset of ``latentquant.data``: the same images the shards of N ranks of batch B / N put together.
 
     Shapes:
         returns ``(batch_size, C, H, W)`` float32 in [0, 1].
     """
+    if not info.enabled:
+        images, _ = dataset.sample_batch(batch_size, generator)
+        return images
     factors = dataset.sample_factors(batch_size * info.world_size, generator)
     return dataset.images_for(factors[info.rank * batch_size : (info.rank + 1) * batch_size])
 
