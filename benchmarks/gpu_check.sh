@@ -12,8 +12,8 @@
 #    (the dispatcher then serves CUDA tensors with the Triton kernels);
 # 4. runs benchmarks/bench_gpu.py: quantizer fwd+bwd bandwidth as a fraction of a device copy, VQ against
 #    cdist+argmin, the k-NN MI matrix for 1,000,000 x 64 latents x 10 sources with its sort share;
-# 5. writes the summary (stage results, times, the tables) to $SUMMARY (default gpu_check_summary.md in the
-#    repository root) and, when $OUT is set, a copy into $OUT.
+# 5. writes the summary (stage results, times, the tables) to $SUMMARY (default build/gpu_check/summary.md,
+#    next to each stage's log) and, when $OUT is set, copies the summary and the logs into $OUT.
 #
 # Every stage has a time limit so the whole check fits in 10 minutes on one H100/H200 (build 160 s, tests
 # 170 s + 150 s, benchmarks 100 s); a failing stage is recorded and the next one still runs; the exit
@@ -22,8 +22,8 @@
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PYTHON=${PYTHON:-python3}
-SUMMARY=${SUMMARY:-gpu_check_summary.md}
 LOG_DIR=${LOG_DIR:-build/gpu_check}
+SUMMARY=${SUMMARY:-$LOG_DIR/summary.md}
 DRY=${GPU_CHECK_DRY_RUN:-0}
 mkdir -p "$LOG_DIR"
 t_start=$(date +%s)
@@ -96,6 +96,6 @@ grep "^JSON " "$LOG_DIR/bench_gpu.log" >>"$SUMMARY" || true
 say ""
 say "total: $(($(date +%s) - t_start)) s, $([ $failed -eq 0 ] && echo 'all stages passed' || echo 'some stage FAILED')"
 if [ -n "${OUT:-}" ]; then
-  cp "$SUMMARY" "$OUT/" && cp -r "$LOG_DIR" "$OUT/gpu_check_logs"
+  cp -r "$LOG_DIR" "$OUT/gpu_check" && cp "$SUMMARY" "$OUT/gpu_check_summary.md"
 fi
 exit $failed
