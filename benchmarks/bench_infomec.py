@@ -6,7 +6,7 @@ continuous and for discrete latents (one-hot InfoE features), reported as met / 
 (NMI to 1e-6, InfoM/InfoC to 1e-4, InfoE within 0.02) asserted. Run: `make bench` or
 `pytest -s benchmarks/bench_infomec.py`; `LATENTQUANT_BENCH_N=5000` (continuous) and
 `LATENTQUANT_BENCH_DISCRETE_N=5000` (discrete: the reference takes minutes at 50,000) for shorter runs,
-`LATENTQUANT_BENCH_QUICK=1` for 2,000 samples.
+`LATENTQUANT_BENCH_QUICK=1` for 5,000 (continuous) and 2,000 (discrete) samples.
 """
 
 from __future__ import annotations
@@ -69,7 +69,9 @@ def test_infomec_standalone_vs_sklearn_reference(benchmark, target, discrete: bo
         # machine): LATENTQUANT_BENCH_DISCRETE_N=5000 for a shorter run.
         n = sized(50_000, 2_000, "LATENTQUANT_BENCH_DISCRETE_N")
     else:
-        n = sized(50_000, 2_000, "LATENTQUANT_BENCH_N")
+        # Quick mode: 5,000, not fewer: at 2,000 samples one neighbour tie that the two standardizations
+        # break differently moved an NMI entry by 1.75e-6 (measured), past the 1e-6 asserted below.
+        n = sized(50_000, 5_000, "LATENTQUANT_BENCH_N")
     row = measure(benchmark, n, discrete)
     benchmark.extra_info.update(row)
     print_table(f"infomec(convention='standalone'), 12 latents x 6 sources, N={n}", [row])
