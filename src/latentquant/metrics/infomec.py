@@ -54,7 +54,7 @@ from latentquant.metrics._inputs import (
     encode_sources,
     standardize,
 )
-from latentquant.metrics.logistic import fit_logistic
+from latentquant.metrics.logistic import OneHotCodes, fit_logistic
 
 CONVENTIONS = ("paper", "standalone")
 
@@ -190,10 +190,11 @@ def integer_typed(latents: object) -> bool:
     return bool(np.issubdtype(np.asarray(latents).dtype, np.integer))
 
 
-def _one_hot_columns(latents: torch.Tensor) -> torch.Tensor:
+def _one_hot_columns(latents: torch.Tensor) -> OneHotCodes:
+    """One-hot features of each latent's unique values, as codes: the fit gathers and scatter-adds weight
+    columns instead of multiplying by the (N, sum of values) one-hot matrix (latentquant.metrics.logistic)."""
     codes, num_values = encode_columns(latents)
-    blocks = [torch.nn.functional.one_hot(codes[:, j], int(num_values[j])) for j in range(codes.shape[1])]
-    return torch.cat(blocks, dim=1)
+    return OneHotCodes(codes, num_values)
 
 
 def infoe_scores(
