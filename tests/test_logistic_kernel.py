@@ -397,7 +397,7 @@ def test_fit_is_the_same_on_the_oracle_path(monkeypatch):
 # ---- latentquant::logistic_onehot_loss_grad: one-hot features given as codes ----
 
 # (T, C, G, values per latent, N): no latents, one class, widths around the 8- and 4-lane vectors (C = 8, 9,
-# 17, 40), N around the block and chunk sizes.
+# 17, 40), N around the block and chunk sizes, many one-hot columns.
 ONEHOT_SHAPES = [
     (1, 2, 2, 3, 0),
     (1, 1, 0, 1, 5),
@@ -408,6 +408,7 @@ ONEHOT_SHAPES = [
     (1, 17, 3, 7, 1031),
     (2, 40, 5, 9, 777),
     (3, 15, 6, 3, 5001),
+    (2, 5, 2, 700, 300),  # F1 = 1401 > (G + 1) x 256: the gradient tile is flushed row by row from the codes
 ]
 
 
