@@ -356,8 +356,18 @@ def test_cli_errors_exit_2_with_a_clear_message(argv, message, tmp_path, capsys)
 def test_overwrite_replaces_only_the_run_files(tmp_path):
     from latentquant.train.loop import _prepare_settings
 
-    for name in ("config.yaml", CHECKPOINT_NAME, "report.html", "nmi.png", "notes.txt"):
+    for name in (
+        "config.yaml",
+        CHECKPOINT_NAME,
+        "report.html",
+        "nmi.png",
+        "samples.png",
+        "train.csv",
+        "notes.txt",
+    ):
         (tmp_path / name).write_text("x")
+    (tmp_path / "tensorboard").mkdir()
+    (tmp_path / "tensorboard" / "events.out.tfevents.1").write_text("x")
     with pytest.raises(ValueError, match="overwrite=true"):
         _prepare_settings({}, tmp_path, resume=False)
     _prepare_settings({"overwrite": True}, tmp_path, resume=False)

@@ -324,12 +324,23 @@ def read_config_file(run_dir: Path) -> dict[str, Any]:
     return load_yaml_config(run_dir / CONFIG_NAME)
 
 
+# What else a run may write: the GANs' own report figures (``report_figures``), the ``logger`` setting's views
+# of the log (``latentquant.train.sinks``: CSV files, TensorBoard event files, an offline W&B run).
+MODEL_FIGURES = ("samples", "prior_traversals", "gan_curves")
+SINK_FILES = ("train.csv", "eval.csv")
+SINK_FOLDERS = ("tensorboard", "wandb")
+
+
 def remove_run_files(run_dir: Path) -> None:
-    """Delete the files a run writes in ``run_dir`` (and nothing else), for ``overwrite=true``."""
-    names = [CONFIG_NAME, LOG_NAME, METRICS_NAME, CHECKPOINT_NAME, REPORT_NAME]
-    names += [f"{figure}.png" for figure in FIGURES]
+    """Delete what a run writes in ``run_dir`` (and nothing else), for ``overwrite=true``: its files, figures
+    and the logger sinks' files and folders, so the new run's outputs never mix with the old run's."""
+    names = [CONFIG_NAME, LOG_NAME, METRICS_NAME, CHECKPOINT_NAME, REPORT_NAME, *SINK_FILES]
+    names += [f"{figure}.png" for figure in FIGURES + MODEL_FIGURES]
     for name in names:
         (run_dir / name).unlink(missing_ok=True)
+    for name in SINK_FOLDERS:
+        if (run_dir / name).is_dir() and not (run_dir / name).is_symlink():
+            shutil.rmtree(run_dir / name)
 
 
 def holds_run(run_dir: Path) -> bool:
