@@ -165,6 +165,27 @@ def test_inductor_compile_matches_eager():
         torch.testing.assert_close(a, b)
 
 
+def test_inductor_channel_first_at_batch_one():
+    """A channel-first layer at batch 1 hands the op a transposed (H*W, C) view: Inductor asserts the op's
+    output strides against the fake's, which must be the kernels' contiguous layout ("expected ... stride
+    6==1" before)."""
+    from latentquant.nn import LatentQuantizer
+
+    layer = LatentQuantizer(6, 10, channel_first=True)
+    x = torch.randn(1, 6, 4, 4, requires_grad=True)
+
+    def step(x):
+        z_hat, idx, loss = layer(x)
+        (z_hat.sum() + loss).backward()
+        return z_hat.detach(), idx, loss.detach(), x.grad.clone(), layer.values.grad.clone()
+
+    want = step(x)
+    x.grad = layer.values.grad = None
+    got = torch.compile(step, fullgraph=False)(x)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b)
+
+
 def test_empty_input_gives_zero_loss():
     z = torch.zeros(0, 4, requires_grad=True)
     values = torch.randn(4, 3, requires_grad=True)
