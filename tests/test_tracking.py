@@ -84,6 +84,7 @@ def test_provenance_record():
     record = provenance("cpu", wall_time_s=1.23456)
     assert record["torch_version"] == torch.__version__ and record["device"] == "cpu"
     assert record["num_threads"] == torch.get_num_threads() and record["wall_time_s"] == 1.235
+    assert record["cpu_capability"] == torch.backends.cpu.get_cpu_capability()  # e.g. "AVX2", "AVX512"
     commit = git_commit()
     assert commit is None or len(commit.removesuffix("-dirty")) == 40
     assert git_commit(__import__("pathlib").Path("/")) is None  # not a checkout

@@ -56,7 +56,9 @@ def provenance(device: torch.device | str = "cpu", wall_time_s: float | None = N
 
     Returns:
         ``latentquant_version``, ``git_commit`` (None outside a checkout), ``torch_version``, ``python_version``,
-        ``platform``, ``device``, ``num_threads`` (torch's intra-op threads), and ``wall_time_s`` when given.
+        ``platform``, ``device``, ``num_threads`` (torch's intra-op threads), ``cpu_capability`` (the SIMD level
+        torch picked its CPU kernels for, e.g. "AVX2", "AVX512": CPU results differ between levels), and
+        ``wall_time_s`` when given.
     """
     from latentquant import __version__
 
@@ -68,6 +70,7 @@ def provenance(device: torch.device | str = "cpu", wall_time_s: float | None = N
         "platform": platform.platform(),
         "device": device_name(device),
         "num_threads": torch.get_num_threads(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
     }
     if wall_time_s is not None:
         out["wall_time_s"] = round(float(wall_time_s), 3)
