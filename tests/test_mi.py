@@ -318,3 +318,14 @@ def test_raw_ops_reject_non_finite_input(bad):
     yb[2, 0, 0] = bad
     with pytest.raises(ValueError, match="knn_mi_cc: y contains NaN or Inf"):
         torch.ops.latentquant.knn_mi_cc(x, yb, 3)
+
+
+@pytest.mark.skipif(not HAVE_KERNEL, reason="latentquant._C is not built")
+def test_raw_ops_reject_bad_shapes_with_value_errors():
+    x = torch.zeros(10, 1, 1, dtype=torch.float64)
+    with pytest.raises(ValueError, match="knn_mi_cd: y must have 2 dimensions"):
+        torch.ops.latentquant.knn_mi_cd(x, torch.tensor(3), 3)
+    with pytest.raises(ValueError, match="knn_mi_cc: y must have 3 dimensions"):
+        torch.ops.latentquant.knn_mi_cc(x, torch.zeros(10, 1, dtype=torch.float64), 3)
+    with pytest.raises(ValueError, match="knn_mi_cd: x and y must have the same number of samples"):
+        torch.ops.latentquant.knn_mi_cd(x, torch.zeros(9, 1, dtype=torch.long), 3)

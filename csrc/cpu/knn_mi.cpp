@@ -626,8 +626,10 @@ double mi_cd_vector(const Column& col, const Codes& lab, int64_t n, int64_t dim,
   return finish_cd(lab, n_kept, n_neighbors, psi, sum_m.value());
 }
 
-void check_inputs(const at::Tensor& x, const at::Tensor& y, int64_t n_neighbors, const char* op) {
+// x (N, L, Dx) float64 and y of rank y_rank with N rows, finite x, 1 <= k <= N - 1, one device.
+void check_inputs(const at::Tensor& x, const at::Tensor& y, int64_t y_rank, int64_t n_neighbors, const char* op) {
   check_rank(x, 3, op, "x");
+  check_rank(y, y_rank, op, "y");
   TORCH_CHECK_VALUE(x.scalar_type() == at::kDouble, op, ": x must be float64, got ", x.scalar_type());
   TORCH_CHECK_VALUE(y.size(0) == x.size(0), op, ": x and y must have the same number of samples, got ",
                     x.size(0), " and ", y.size(0));
@@ -640,8 +642,7 @@ void check_inputs(const at::Tensor& x, const at::Tensor& y, int64_t n_neighbors,
 
 at::Tensor knn_mi_cd_cpu(const at::Tensor& x_in, const at::Tensor& y_in, int64_t n_neighbors) {
   const char* op = "knn_mi_cd";
-  check_inputs(x_in, y_in, n_neighbors, op);
-  check_rank(y_in, 2, op, "y");
+  check_inputs(x_in, y_in, 2, n_neighbors, op);
   TORCH_CHECK_VALUE(y_in.scalar_type() == at::kLong, op, ": y must be int64 labels, got ", y_in.scalar_type());
   const at::Tensor x = x_in.contiguous(), y = y_in.contiguous();
   const int64_t n = x.size(0), lat = x.size(1), dim = x.size(2), src = y.size(1);
@@ -824,8 +825,7 @@ double mi_cc_brute(const Column& a, int64_t da_dim, const Column& b, int64_t db_
 
 at::Tensor knn_mi_cc_cpu(const at::Tensor& x_in, const at::Tensor& y_in, int64_t n_neighbors) {
   const char* op = "knn_mi_cc";
-  check_inputs(x_in, y_in, n_neighbors, op);
-  check_rank(y_in, 3, op, "y");
+  check_inputs(x_in, y_in, 3, n_neighbors, op);
   TORCH_CHECK_VALUE(y_in.scalar_type() == at::kDouble, op, ": y must be float64, got ", y_in.scalar_type());
   TORCH_CHECK_VALUE(at::isfinite(y_in).all().item<bool>(), op, ": y contains NaN or Inf");
   const at::Tensor x = x_in.contiguous(), y = y_in.contiguous();
