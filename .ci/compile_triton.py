@@ -51,7 +51,12 @@ def variants() -> list[tuple[str, str, dict[str, str], dict[str, object], dict[s
                 }
                 const = {"WITH_LOSS": loss, "CHECK_FINITE": check, "BLOCK": 1024}
                 out.append((sq, "_scalar_quantize_fwd_kernel", sig, const, {}))
-        for det in BOOLS:
+        # The scalar-codebook scatters: per element (atomic or deterministic) and privatized into NB bins.
+        plans = [(False, 0, 1, 1024), (True, 0, 1, 1024)] + [
+            (False, nb, 4096 // nb, 8192) for nb in (1, 4, 16, 32)
+        ]
+        for det, nb, sub, block in plans:
+            const = {"DETERMINISTIC": det, "NB": nb, "SUB": sub, "BLOCK": block}
             sig = {
                 "grad_ptr": f"*{z}",
                 "indices_ptr": "*i64",
@@ -63,7 +68,7 @@ def variants() -> list[tuple[str, str, dict[str, str], dict[str, object], dict[s
                 "D": "i32",
                 "K": "i32",
             }
-            out.append((sq, "_scalar_quantize_bwd_kernel", sig, {"DETERMINISTIC": det, "BLOCK": 1024}, {}))
+            out.append((sq, "_scalar_quantize_bwd_kernel", sig, const, {}))
             sig = {
                 "grad_z_hat_ptr": f"*{z}",
                 "z_ptr": f"*{z}",
@@ -81,7 +86,8 @@ def variants() -> list[tuple[str, str, dict[str, str], dict[str, object], dict[s
                 "D": "i32",
                 "K": "i32",
             }
-            out.append((lq, "_latent_quantize_bwd_kernel", sig, {"DETERMINISTIC": det, "BLOCK": 1024}, {}))
+            out.append((lq, "_latent_quantize_bwd_kernel", sig, const, {}))
+        for det in BOOLS:
             sig = {
                 "grad_ptr": f"*{z}",
                 "indices_ptr": "*i64",
@@ -171,6 +177,12 @@ def variants() -> list[tuple[str, str, dict[str, str], dict[str, object], dict[s
     return out
 
 
+def label_of(module: str, name: str, sig: dict[str, str], const: dict[str, object]) -> str:
+    """module.kernel[the float pointer types and the constexprs] of a variant."""
+    shown = {k: v for k, v in sig.items() if k.endswith("_ptr") and ("fp" in v or "bf" in v)}
+    return f"{module}.{name}[{', '.join(f'{k}={v}' for k, v in {**shown, **const}.items())}]"
+
+
 def compile_one(args: tuple) -> tuple[str, str | None, int]:
     """Compile one variant; returns (label, error or None, cubin bytes)."""
     import importlib
@@ -180,7 +192,7 @@ def compile_one(args: tuple) -> tuple[str, str | None, int]:
     from triton.compiler import ASTSource
 
     module, name, sig, const, options, arch = args
-    label = f"{module}.{name}[{', '.join(f'{k}={v}' for k, v in {**sig, **const}.items() if not k.endswith('_ptr') or 'fp' in v or 'bf' in v)}]"
+    label = label_of(module, name, sig, const)
     try:
         fn = getattr(importlib.import_module(f"latentquant.triton_kernels.{module}"), name)
         full = {p: sig.get(p, "constexpr") for p in fn.arg_names}
@@ -199,6 +211,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", type=int, default=90, help="compute capability as an integer (90 = sm_90)")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--match", default="", help="compile only the variants whose label contains this")
     parser.add_argument(
         "--first-per-kernel",
         action="store_true",
@@ -211,7 +224,7 @@ def main() -> int:
     os.environ.setdefault(
         "TRITON_DEFAULT_FP_FUSION", "1"
     )  # the launch-time default, stated (silences a warning)
-    work = [(*v, args.arch) for v in variants()]
+    work = [(*v, args.arch) for v in variants() if args.match in label_of(*v[:4])]
     if args.first_per_kernel:
         seen: set[str] = set()
         work = [w for w in work if not (w[1] in seen or seen.add(w[1]))]

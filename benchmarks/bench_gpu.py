@@ -65,34 +65,43 @@ def _cdist_argmin(z, codebook):
 
 
 def bench_latent_quantize(backends) -> list[dict[str, object]]:
+    """N x 12 latents x 10 values for every N of LATENT_ROWS, and N x 4 x 8 (32 bins: the Triton scatter
+    privatized per program) at the largest N."""
     rows = []
-    values = torch.linspace(-0.5, 0.5, K, device="cuda").repeat(D, 1)
-    for n in LATENT_ROWS:
-        z = torch.randn(n, D, device="cuda")
-        grad_z_hat = torch.randn_like(z)
-        grad_loss = torch.ones((), device="cuda")
-        n_bytes = n * D * BYTES_PER_ELEMENT
-        copy_s = _copy_seconds(n_bytes)
-        reference_indices = None
-        for name, ops in backends.items():
-            step = partial(_latent_step, ops, z, values, grad_z_hat, grad_loss)
-            _, indices, _ = ops["latent_quantize"](z, values, 0.01, 0.01, True)
-            if reference_indices is None:
-                reference_indices = indices
-            assert torch.equal(indices, reference_indices), f"{name} disagrees with the first backend"
-            fwd_bwd = median_seconds(step, warmup=5, repeats=30)
-            fwd_nocheck = median_seconds(partial(ops["latent_quantize"], z, values, 0.01, 0.01, False))
-            rows.append(
-                {
-                    "backend": name,
-                    "shape": f"{n}x{D}x{K}",
-                    "fwd+bwd ms": fwd_bwd * 1e3,
-                    "fwd (no check) ms": fwd_nocheck * 1e3,
-                    "GB/s": n_bytes / fwd_bwd / 1e9,
-                    "copy GB/s": n_bytes / copy_s / 1e9,
-                    "fraction of copy": copy_s / fwd_bwd,
-                }
-            )
+    shapes = [(n, D, K) for n in LATENT_ROWS] + [(LATENT_ROWS[-1] * D // 4, 4, 8)]
+    for n, d, k in shapes:
+        rows.extend(_bench_latent_shape(backends, n, d, k))
+    return rows
+
+
+def _bench_latent_shape(backends, n: int, d: int, k: int) -> list[dict[str, object]]:
+    rows = []
+    values = torch.linspace(-0.5, 0.5, k, device="cuda").repeat(d, 1)
+    z = torch.randn(n, d, device="cuda")
+    grad_z_hat = torch.randn_like(z)
+    grad_loss = torch.ones((), device="cuda")
+    n_bytes = n * d * BYTES_PER_ELEMENT
+    copy_s = _copy_seconds(n_bytes)
+    reference_indices = None
+    for name, ops in backends.items():
+        step = partial(_latent_step, ops, z, values, grad_z_hat, grad_loss)
+        _, indices, _ = ops["latent_quantize"](z, values, 0.01, 0.01, True)
+        if reference_indices is None:
+            reference_indices = indices
+        assert torch.equal(indices, reference_indices), f"{name} disagrees with the first backend"
+        fwd_bwd = median_seconds(step, warmup=5, repeats=30)
+        fwd_nocheck = median_seconds(partial(ops["latent_quantize"], z, values, 0.01, 0.01, False))
+        rows.append(
+            {
+                "backend": name,
+                "shape": f"{n}x{d}x{k}",
+                "fwd+bwd ms": fwd_bwd * 1e3,
+                "fwd (no check) ms": fwd_nocheck * 1e3,
+                "GB/s": n_bytes / fwd_bwd / 1e9,
+                "copy GB/s": n_bytes / copy_s / 1e9,
+                "fraction of copy": copy_s / fwd_bwd,
+            }
+        )
     return rows
 
 

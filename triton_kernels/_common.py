@@ -12,7 +12,9 @@ the compute dtype, the nearest-value search, the device guard and the device-sid
   could not raise, and a synchronization is illegal during capture (:func:`checks_enabled`). Out-of-range
   indices are then skipped (never written out of bounds).
 - Scatters (the backward kernels) add with relaxed atomics, so gradients are not bit-deterministic on the
-  GPU; with ``torch.use_deterministic_algorithms(True)`` the kernels write each element's contribution and
+  GPU; scatters into at most 32 bins (D * K of the scalar codebooks) are privatized per program first
+  (``scalar_quantize.scatter_plan``: one atomic per bin and program, not per element). With
+  ``torch.use_deterministic_algorithms(True)`` the kernels write each element's contribution and
   bin instead, and ``index_put_(accumulate=True)`` (deterministic in that mode) sums them
   (:func:`deterministic_scatter`). Loss partial sums are written per program and summed by torch in a
   fixed order.

@@ -4,8 +4,9 @@ Forward, one pass (``scalar_quantize``'s kernel with its loss partials switched 
 per-program partial sums of (z - z_q)^2, summed by torch in a fixed order:
 ``aux_loss = (qw + cw) * sum((z - z_q)^2) / numel`` (0 for empty z).
 Backward, one pass: ``grad_z = grad_z_hat + grad_loss * 2 cw (z - z_q) / numel`` and
-``grad_values[d, k] += grad_loss * 2 qw (z_q - z) / numel`` by relaxed atomic adds (not bit-deterministic on
-the GPU; deterministic ``index_put_`` under ``torch.use_deterministic_algorithms(True)``). ``grad_loss`` is
+``grad_values[d, k] += grad_loss * 2 qw (z_q - z) / numel`` by relaxed atomic adds (privatized per program
+for few bins, see ``scalar_quantize.scatter_plan``; not bit-deterministic on the GPU; deterministic
+``index_put_`` under ``torch.use_deterministic_algorithms(True)``). ``grad_loss`` is
 read on the device and the factors 2 cw / numel, 2 qw / numel are float64 kernel arguments: no host tensor
 is copied and nothing synchronizes except the checks (see ``_common``).
 """
@@ -28,9 +29,26 @@ from latentquant.triton_kernels._common import (
     raise_if_bad_index,
     raise_if_not_finite,
 )
-from latentquant.triton_kernels.scalar_quantize import BLOCK, nearest_values_fwd
+from latentquant.triton_kernels.scalar_quantize import nearest_values_fwd, scatter_plan
 
 _OP = "latent_quantize"
+
+
+@triton.jit
+def _latent_quantize_bwd_elems(
+    grad_z_hat_ptr, z_ptr, values_ptr, indices_ptr, grad_z_ptr, offs, numel, D, K, z_scale, v_scale
+):
+    """Elements ``offs``: writes grad_z, returns (contribution to grad_values, bin, valid, mask)."""
+    ct = values_ptr.dtype.element_ty
+    mask = offs < numel
+    k = tl.load(indices_ptr + offs, mask=mask, other=0)
+    valid = mask & (k >= 0) & (k < K)
+    bin = (offs % D) * K + k
+    x = tl.load(z_ptr + offs, mask=mask, other=0.0).to(ct)
+    diff = tl.where(valid, x - tl.load(values_ptr + bin, mask=valid, other=0.0), 0.0)  # z - z_q
+    g = tl.load(grad_z_hat_ptr + offs, mask=mask, other=0.0).to(ct)
+    tl.store(grad_z_ptr + offs, (g + z_scale * diff).to(grad_z_ptr.dtype.element_ty), mask=mask)
+    return -v_scale * diff, bin, valid, mask
 
 
 @triton.jit
@@ -51,33 +69,55 @@ def _latent_quantize_bwd_kernel(
     D,
     K,
     DETERMINISTIC: tl.constexpr,
+    NB: tl.constexpr,
+    SUB: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
     """z_factor = 2 cw / numel and v_factor = 2 qw / numel, each times grad_loss (read from the device)
-    in the compute dtype. Invalid indices (flagged per program) add nothing and give grad_z = grad_z_hat."""
+    in the compute dtype. Invalid indices (flagged per program) add nothing and give grad_z = grad_z_hat.
+    ``DETERMINISTIC``, ``NB`` and ``SUB``: as in ``_scalar_quantize_bwd_kernel`` (see ``scatter_plan``)."""
     pid = tl.program_id(0)
     ct = values_ptr.dtype.element_ty
-    offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < numel
     gl = tl.load(grad_loss_ptr)
     # tl.full keeps the float64 argument exact under the interpreter too (it hands Python floats over as-is,
     # and arithmetic on them would round to float32).
     z_scale = gl * tl.full((), z_factor, tl.float64).to(ct)
     v_scale = gl * tl.full((), v_factor, tl.float64).to(ct)
-    k = tl.load(indices_ptr + offs, mask=mask, other=0)
-    valid = mask & (k >= 0) & (k < K)
-    bin = (offs % D) * K + k
-    x = tl.load(z_ptr + offs, mask=mask, other=0.0).to(ct)
-    diff = tl.where(valid, x - tl.load(values_ptr + bin, mask=valid, other=0.0), 0.0)  # z - z_q
-    g = tl.load(grad_z_hat_ptr + offs, mask=mask, other=0.0).to(ct)
-    tl.store(grad_z_ptr + offs, (g + z_scale * diff).to(grad_z_ptr.dtype.element_ty), mask=mask)
-    contrib = -v_scale * diff
-    if DETERMINISTIC:
-        tl.store(contrib_ptr + offs, contrib, mask=mask)
-        tl.store(bin_ptr + offs, tl.where(valid, bin, 0), mask=mask)
+    if NB > 0:
+        cols = tl.arange(0, NB)
+        acc = tl.zeros((NB,), dtype=ct)
+        bad = 0
+        for s in range(0, BLOCK, SUB):
+            offs = pid.to(tl.int64) * BLOCK + s + tl.arange(0, SUB)
+            contrib, bin, valid, mask = _latent_quantize_bwd_elems(
+                grad_z_hat_ptr,
+                z_ptr,
+                values_ptr,
+                indices_ptr,
+                grad_z_ptr,
+                offs,
+                numel,
+                D,
+                K,
+                z_scale,
+                v_scale,
+            )
+            hit = (bin[:, None] == cols[None, :]) & valid[:, None]
+            acc += tl.sum(tl.where(hit, contrib[:, None], 0.0), axis=0)
+            bad += tl.sum(tl.where(mask & ~valid, 1, 0))
+        tl.atomic_add(bins_ptr + cols, acc, mask=cols < D * K, sem="relaxed")
+        tl.store(flags_ptr + pid, bad)
     else:
-        tl.atomic_add(bins_ptr + bin, contrib, mask=valid, sem="relaxed")
-    tl.store(flags_ptr + pid, tl.sum(tl.where(mask & ~valid, 1, 0)))
+        offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+        contrib, bin, valid, mask = _latent_quantize_bwd_elems(
+            grad_z_hat_ptr, z_ptr, values_ptr, indices_ptr, grad_z_ptr, offs, numel, D, K, z_scale, v_scale
+        )
+        if DETERMINISTIC:
+            tl.store(contrib_ptr + offs, contrib, mask=mask)
+            tl.store(bin_ptr + offs, tl.where(valid, bin, 0), mask=mask)
+        else:
+            tl.atomic_add(bins_ptr + bin, contrib, mask=valid, sem="relaxed")
+        tl.store(flags_ptr + pid, tl.sum(tl.where(mask & ~valid, 1, 0)))
 
 
 def _latent_quantize_bwd(
@@ -99,10 +139,11 @@ def _latent_quantize_bwd(
     numel = z.numel()
     grad_z = torch.empty_like(z)
     bins = torch.zeros_like(values)
-    grid = programs(numel, BLOCK)
+    det = deterministic()
+    nb, sub, block = scatter_plan(values.numel(), det)
+    grid = programs(numel, block)
     flags = torch.zeros(grid[0], dtype=torch.int32, device=z.device)
     if numel:
-        det = deterministic()
         contrib = torch.empty(numel if det else 0, dtype=values.dtype, device=z.device)
         bin_index = torch.empty(numel if det else 0, dtype=torch.int64, device=z.device)
         with device_guard(z):
@@ -123,7 +164,9 @@ def _latent_quantize_bwd(
                 z.shape[1],
                 values.shape[1],
                 det,
-                BLOCK,
+                nb,
+                sub,
+                block,
             )
             if det:
                 deterministic_scatter(bins.view(-1), bin_index, contrib)

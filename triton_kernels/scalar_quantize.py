@@ -2,8 +2,9 @@
 
 ``_scalar_quantize_fwd_kernel`` -> ``nearest_values_fwd`` (launcher, shared with ``latent_quantize``) ->
 ``scalar_quantize_triton`` (the op's CUDA kernel when ``LATENTQUANT_GPU_BACKEND=triton``) -> ``scalar_quantize_ref``.
-The backward scatter uses relaxed atomic adds (not bit-deterministic on the GPU), or a deterministic
-``index_put_`` under ``torch.use_deterministic_algorithms(True)`` (see ``_common``).
+The backward scatter uses relaxed atomic adds (not bit-deterministic on the GPU), privatized per program for
+at most PRIVATE_BINS bins (``scatter_plan``), or a deterministic ``index_put_`` under
+``torch.use_deterministic_algorithms(True)`` (see ``_common``).
 """
 
 from __future__ import annotations
@@ -76,24 +77,59 @@ def _scalar_quantize_bwd_kernel(
     D,
     K,
     DETERMINISTIC: tl.constexpr,
+    NB: tl.constexpr,
+    SUB: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
-    """bins[d * K + k] += grad[i] for element i = (n, d) with k = indices[i]; with ``DETERMINISTIC`` the
-    (contribution, bin) pairs are written out instead (invalid elements: 0 into bin 0). Each program stores
-    its count of indices outside [0, K) in flags."""
+    """bins[d * K + k] += grad[i] for element i = (n, d) with k = indices[i]. With ``DETERMINISTIC`` the
+    (contribution, bin) pairs are written out instead (invalid elements: 0 into bin 0); with ``NB`` > 0
+    (D * K <= NB, a power of two) the program sums its BLOCK elements into NB private bins, SUB at a time,
+    and adds each bin once. Each program stores its count of indices outside [0, K) in flags."""
     pid = tl.program_id(0)
-    offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < numel
-    k = tl.load(indices_ptr + offs, mask=mask, other=0)
-    valid = mask & (k >= 0) & (k < K)
-    g = tl.load(grad_ptr + offs, mask=mask, other=0.0).to(bins_ptr.dtype.element_ty)
-    bin = (offs % D) * K + k
-    if DETERMINISTIC:
-        tl.store(contrib_ptr + offs, tl.where(valid, g, 0.0), mask=mask)
-        tl.store(bin_ptr + offs, tl.where(valid, bin, 0), mask=mask)
+    if NB > 0:
+        cols = tl.arange(0, NB)
+        acc = tl.zeros((NB,), dtype=bins_ptr.dtype.element_ty)
+        bad = 0
+        for s in range(0, BLOCK, SUB):
+            offs = pid.to(tl.int64) * BLOCK + s + tl.arange(0, SUB)
+            mask = offs < numel
+            k = tl.load(indices_ptr + offs, mask=mask, other=0)
+            valid = mask & (k >= 0) & (k < K)
+            g = tl.load(grad_ptr + offs, mask=mask, other=0.0).to(bins_ptr.dtype.element_ty)
+            hit = ((offs % D) * K + k)[:, None] == cols[None, :]
+            acc += tl.sum(tl.where(hit & valid[:, None], g[:, None], 0.0), axis=0)
+            bad += tl.sum(tl.where(mask & ~valid, 1, 0))
+        tl.atomic_add(bins_ptr + cols, acc, mask=cols < D * K, sem="relaxed")
+        tl.store(flags_ptr + pid, bad)
     else:
-        tl.atomic_add(bins_ptr + bin, g, mask=valid, sem="relaxed")
-    tl.store(flags_ptr + pid, tl.sum(tl.where(mask & ~valid, 1, 0)))
+        offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+        mask = offs < numel
+        k = tl.load(indices_ptr + offs, mask=mask, other=0)
+        valid = mask & (k >= 0) & (k < K)
+        g = tl.load(grad_ptr + offs, mask=mask, other=0.0).to(bins_ptr.dtype.element_ty)
+        bin = (offs % D) * K + k
+        if DETERMINISTIC:
+            tl.store(contrib_ptr + offs, tl.where(valid, g, 0.0), mask=mask)
+            tl.store(bin_ptr + offs, tl.where(valid, bin, 0), mask=mask)
+        else:
+            tl.atomic_add(bins_ptr + bin, g, mask=valid, sem="relaxed")
+        tl.store(flags_ptr + pid, tl.sum(tl.where(mask & ~valid, 1, 0)))
+
+
+# Scatters into at most PRIVATE_BINS bins are privatized per program (one atomic per bin and program
+# instead of one per element: with few bins every element would contend for the same addresses).
+PRIVATE_BINS = 32
+PRIVATE_BLOCK = 8192
+
+
+def scatter_plan(num_bins: int, deterministic: bool) -> tuple[int, int, int]:
+    """(NB, SUB, BLOCK) for a backward scatter into ``num_bins`` bins: privatized (NB = the next power of
+    two >= num_bins, sub-blocks of SUB = 4096 / NB elements, PRIVATE_BLOCK elements per program) when
+    num_bins <= PRIVATE_BINS and the atomic path is allowed, else (0, 1, BLOCK): one atomic per element."""
+    if deterministic or num_bins > PRIVATE_BINS:
+        return 0, 1, BLOCK
+    nb = triton.next_power_of_2(max(num_bins, 1))
+    return nb, 4096 // nb, PRIVATE_BLOCK
 
 
 def nearest_values_fwd(
@@ -142,15 +178,16 @@ def _scalar_quantize_bwd(
     D = grad_z_q.shape[1]
     numel = grad_z_q.numel()
     bins = torch.zeros(D * num_values, dtype=dtype, device=grad_z_q.device)
-    grid = programs(numel, BLOCK)
+    det = deterministic()
+    nb, sub, block = scatter_plan(D * num_values, det)
+    grid = programs(numel, block)
     flags = torch.zeros(grid[0], dtype=torch.int32, device=grad_z_q.device)
     if numel:
-        det = deterministic()
         contrib = torch.empty(numel if det else 0, dtype=dtype, device=grad_z_q.device)
         bin_index = torch.empty(numel if det else 0, dtype=torch.int64, device=grad_z_q.device)
         with device_guard(grad_z_q):
             _scalar_quantize_bwd_kernel[grid](
-                grad_z_q, indices, bins, contrib, bin_index, flags, numel, D, num_values, det, BLOCK
+                grad_z_q, indices, bins, contrib, bin_index, flags, numel, D, num_values, det, nb, sub, block
             )
             if det:
                 deterministic_scatter(bins, bin_index, contrib)

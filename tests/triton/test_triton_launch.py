@@ -156,3 +156,36 @@ def test_scalar_ties_at_exact_midpoints_go_to_the_lowest_index():
     z = torch.tensor([[0.25, 0.25], [0.75, 0.875], [-0.25, -0.5], [10.0, 0.5]], device=DEVICE)
     _, idx = OPS["scalar_quantize"](z, values, True)
     assert idx.tolist() == [[0, 1], [0, 0], [1, 1], [4, 2]]
+
+
+def test_privatized_scatter_equals_the_per_element_one(monkeypatch):
+    """Few bins (D * K <= 32): each program sums into private bins and adds each once; the gradients equal
+    the per-element atomic scatter's (several programs, a partial last one, an out-of-range index)."""
+    from latentquant.triton_kernels import scalar_quantize as sq
+
+    assert sq.scatter_plan(12, False) == (16, 256, sq.PRIVATE_BLOCK)
+    assert sq.scatter_plan(12, True)[0] == 0 and sq.scatter_plan(33, False)[0] == 0
+    gen = torch.Generator().manual_seed(2)
+    n, d, k = (2 * sq.PRIVATE_BLOCK + 301) // 3, 3, 4
+    z = torch.randn(n, d, generator=gen, dtype=torch.float64).to(DEVICE)
+    values = torch.randn(d, k, generator=gen, dtype=torch.float64).to(DEVICE)
+    grad = torch.randn(n, d, generator=gen, dtype=torch.float64).to(DEVICE)
+    _, idx = OPS["scalar_quantize"](z, values, True)
+    one = torch.ones((), dtype=torch.float64, device=DEVICE)
+
+    def run():
+        return (
+            OPS["scalar_quantize_backward"](grad, idx, values),
+            *OPS["latent_quantize_backward"](grad, one, z, values, idx, 0.3, 0.2),
+        )
+
+    private = run()
+    monkeypatch.setattr(sq, "PRIVATE_BINS", 0)
+    per_element = run()
+    for a, b in zip(private, per_element):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    bad = idx.clone()
+    bad[n - 1, 2] = k
+    monkeypatch.setattr(sq, "PRIVATE_BINS", 32)
+    with pytest.raises(ValueError, match=r"scalar_quantize_backward: indices must lie in \[0, 4\)"):
+        OPS["scalar_quantize_backward"](grad, bad, values)
