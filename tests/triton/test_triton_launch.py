@@ -70,11 +70,15 @@ def test_checks_run_when_not_capturing():
     assert not _common.checks_enabled(False, torch.zeros(1, device=DEVICE))
 
 
-def test_launches_bypass_the_wrap_triton_side_table():
-    """Eager launches go straight to the kernel: torch's wrap_triton side table (which grows without bound
-    with every wrapped launch) is left alone."""
-    from torch._higher_order_ops.triton_kernel_wrap import kernel_side_table
+def test_launches_bypass_the_wrap_triton_side_table(monkeypatch):
+    """Eager launches go straight to the kernel: never through wrap_triton's higher-order-op dispatch (whose
+    side table grows without bound with compiled kernels on a GPU)."""
+    from torch._higher_order_ops.triton_kernel_wrap import TraceableTritonKernelWrapper, kernel_side_table
 
+    def no_wrapped_launches(self, grid):
+        raise AssertionError("a launch went through torch.library.wrap_triton")
+
+    monkeypatch.setattr(TraceableTritonKernelWrapper, "__getitem__", no_wrapped_launches)
     before = len(kernel_side_table.id_to_kernel)
     z = torch.randn(8, 3, device=DEVICE)
     values = torch.randn(3, 4, device=DEVICE)
