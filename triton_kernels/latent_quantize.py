@@ -51,7 +51,8 @@ def _latent_quantize_bwd_elems(
     return -v_scale * diff, bin, valid, mask
 
 
-@triton.jit
+# Sizes are not specialized on: a new batch size must not trigger a new compile.
+@triton.jit(do_not_specialize=["numel", "D", "K"])
 def _latent_quantize_bwd_kernel(
     grad_z_hat_ptr,
     z_ptr,

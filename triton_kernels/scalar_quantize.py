@@ -34,7 +34,8 @@ _OP = "scalar_quantize"
 BLOCK = 1024
 
 
-@triton.jit
+# Sizes are not specialized on: a new batch size must not trigger a new compile.
+@triton.jit(do_not_specialize=["numel", "D", "K"])
 def _scalar_quantize_fwd_kernel(
     z_ptr,
     values_ptr,
@@ -65,7 +66,8 @@ def _scalar_quantize_fwd_kernel(
         tl.store(flags_ptr + pid, count_not_finite(x, mask))
 
 
-@triton.jit
+# Sizes are not specialized on: a new batch size must not trigger a new compile.
+@triton.jit(do_not_specialize=["numel", "D", "K"])
 def _scalar_quantize_bwd_kernel(
     grad_ptr,
     indices_ptr,

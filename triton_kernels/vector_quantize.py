@@ -37,7 +37,8 @@ BLOCK_C = 32
 BLOCK_BWD = 1024
 
 
-@triton.jit
+# Sizes are not specialized on: a new batch size must not trigger a new compile.
+@triton.jit(do_not_specialize=["N", "K", "C"])
 def _vector_quantize_fwd_kernel(
     z_ptr,
     codebook_ptr,
@@ -98,7 +99,8 @@ def _vector_quantize_fwd_kernel(
         tl.store(flags_ptr + pid, bad)
 
 
-@triton.jit
+# Sizes are not specialized on: a new batch size must not trigger a new compile.
+@triton.jit(do_not_specialize=["numel", "K", "C"])
 def _vector_quantize_bwd_kernel(
     grad_ptr,
     indices_ptr,
