@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from latentquant._atomic import fsync_replace, remove_orphans, temp_path
+
 CACHE_ENV = "LATENTQUANT_CACHE_DIR"
 _SPARE_BYTES = 64 * 2**20  # left free beyond the cache itself
 
@@ -63,16 +65,6 @@ def open_cache(path: Path, shape: tuple[int, ...], source: Path) -> np.memmap | 
     return cached
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def build_cache(
     path: Path,
     shape: tuple[int, ...],
@@ -99,11 +91,8 @@ def build_cache(
     from tqdm import tqdm
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    for stale in path.parent.glob(f".{path.name}.tmp-*"):
-        pid = stale.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not _pid_alive(int(pid)):
-            stale.unlink(missing_ok=True)
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    remove_orphans(path.parent.glob(f".{path.name}.tmp-*"))
+    tmp = temp_path(path)
     n = shape[0]
     size_gib = np.prod(shape, dtype=np.float64) / 2**30
     print(
@@ -134,11 +123,9 @@ def build_cache(
                 bar.update(stop - start)
         out.flush()
         del out
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
         stamp = max(time.time(), source.stat().st_mtime)  # never older than its source (clock skew)
         os.utime(tmp, (stamp, stamp))
-        os.replace(tmp, path)
+        fsync_replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     cached = open_cache(path, shape, source)

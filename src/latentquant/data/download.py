@@ -35,6 +35,8 @@ from dataclasses import dataclass
 from http.client import HTTPException
 from pathlib import Path
 
+from latentquant._atomic import remove_orphans
+
 BASE_URL_ENV = "LATENTQUANT_DOWNLOAD_BASE_URL"
 _BLOCK = 2**20
 _ATTEMPTS = 4  # connections per file: the first and up to three resumes after a cut
@@ -390,18 +392,7 @@ def _place_archive(
 
 def _clean_stale(directory: Path) -> None:
     """Remove unpack folders left by killed runs (``.X.unpack-PID`` of dead processes)."""
-    for entry in directory.glob(".*-*"):
-        stem, _, pid = entry.name.rpartition("-")
-        if not pid.isdigit() or not stem.endswith(".unpack"):
-            continue
-        try:
-            os.kill(int(pid), 0)
-            continue
-        except ProcessLookupError:
-            pass
-        except PermissionError:
-            continue
-        shutil.rmtree(entry, ignore_errors=True)
+    remove_orphans(e for e in directory.glob(".*-*") if e.name.rpartition("-")[0].endswith(".unpack"))
 
 
 def download(

@@ -32,6 +32,8 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from latentquant._atomic import fsync_directory, fsync_replace, pid_alive, remove_entry, temp_path
+
 if TYPE_CHECKING:
     import torch
 
@@ -66,25 +68,6 @@ class OutputWriteError(OSError):
 
 
 # ------------------------------------------------------------------------------------------ atomic writes
-def temp_path(path: Path) -> Path:
-    """The temporary name :func:`atomic_write_bytes` writes ``path`` under (same directory, this pid)."""
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
-
-
-def fsync_directory(directory: Path) -> None:
-    """Make renames in ``directory`` durable (best effort: some file systems refuse directory fsync)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically: temporary file in the same directory, fsync, ``os.replace``.
 
@@ -129,9 +112,7 @@ def staged_outputs(run_dir: Path) -> Iterator[Path]:
         for item in sorted(staging.iterdir()):
             target = run_dir / item.name
             try:
-                with open(item, "rb") as handle:
-                    os.fsync(handle.fileno())
-                os.replace(item, target)
+                fsync_replace(item, target)
             except OSError as err:
                 raise OutputWriteError(target, err) from err
         fsync_directory(run_dir)
@@ -152,25 +133,12 @@ def remove_stale_temp_files(run_dir: Path) -> list[str]:
     removed = []
     for item in run_dir.iterdir():
         if _TEMP_PATTERN.match(item.name):
-            if item.is_dir() and not item.is_symlink():
-                shutil.rmtree(item, ignore_errors=True)
-            else:
-                item.unlink(missing_ok=True)
+            remove_entry(item)
             removed.append(item.name)
     return sorted(removed)
 
 
 # ------------------------------------------------------------------------------------------ the lock
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _read_holder(path: Path) -> dict[str, Any]:
     try:
         holder = json.loads(path.read_text())
@@ -183,10 +151,7 @@ def _holder_is_dead(holder: Mapping[str, Any]) -> bool:
     """The lock's recorded owner is a process of this host that no longer exists."""
     pid = holder.get("pid")
     return (
-        isinstance(pid, int)
-        and holder.get("host") == socket.gethostname()
-        and pid > 0
-        and not _pid_alive(pid)
+        isinstance(pid, int) and holder.get("host") == socket.gethostname() and pid > 0 and not pid_alive(pid)
     )
 
 
