@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from train_utils import tiny_run
 
 from latentquant.data import get_dataset
 from latentquant.nn import VectorQuantizer
@@ -76,20 +77,7 @@ def test_batch_shards_are_disjoint_and_cover_the_global_batch():
 
 
 # ------------------------------------------------------------------------------------------ training
-TINY = {
-    "model": "qlae",
-    "dataset": "shapes3d",
-    "steps": 6,
-    "encoder": "tiny",
-    "decoder": "tiny",
-    "eval_samples": 200,
-    "eval_every": 0,
-    "log_every": 2,
-    "checkpoint_every": 2,
-    "deterministic": True,
-    "device": "cpu",
-    "num_threads": 1,
-}
+TINY = tiny_run(steps=6, batch_size=None, eval_samples=200, num_threads=1)
 
 
 def _train_worker(rank: int, world: int, port: int, settings: dict, out: str, resume: bool) -> None:

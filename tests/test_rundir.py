@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from train_utils import tiny_run
 
 import latentquant
 from latentquant.cli import main
@@ -26,20 +27,7 @@ from latentquant.train.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from latentquant.train.loop import SignalInterrupt, train
 from latentquant.train.run import evaluate_run
 
-TINY = {
-    "model": "qlae",
-    "dataset": "shapes3d",
-    "steps": 4,
-    "batch_size": 8,
-    "encoder": "tiny",
-    "decoder": "tiny",
-    "eval_samples": 100,
-    "eval_every": 0,
-    "log_every": 2,
-    "checkpoint_every": 2,
-    "deterministic": True,
-    "device": "cpu",
-}
+TINY = tiny_run()
 
 
 @pytest.fixture(scope="module")

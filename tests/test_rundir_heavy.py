@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from train_utils import tiny_run
 
 from latentquant.train import rundir
 from latentquant.train.checkpoint import CHECKPOINT_NAME, load_checkpoint
@@ -23,21 +24,7 @@ from latentquant.train.loop import train
 
 pytestmark = pytest.mark.heavy
 
-SETTINGS = {
-    "model": "qlae",
-    "dataset": "shapes3d",
-    "steps": 8,
-    "batch_size": 8,
-    "encoder": "tiny",
-    "decoder": "tiny",
-    "eval_samples": 100,
-    "eval_every": 0,
-    "log_every": 2,
-    "checkpoint_every": 2,
-    "deterministic": True,
-    "device": "cpu",
-    "num_threads": 1,
-}
+SETTINGS = tiny_run(steps=8, num_threads=1)
 
 # The child announces "ready" once imported, so that kill times fall in the training itself.
 _CHILD = """

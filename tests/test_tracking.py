@@ -4,6 +4,7 @@ import csv
 
 import pytest
 import torch
+from train_utils import tiny_run
 
 from latentquant.provenance import git_commit, provenance
 from latentquant.train.sinks import Sinks, parse_logger
@@ -110,19 +111,7 @@ def test_paper_size_on_cpu_warning(capsys):
     assert "decoder=paper" in capsys.readouterr().err
 
 
-TINY_RUN = {
-    "model": "qlae",
-    "dataset": "shapes3d",
-    "steps": 4,
-    "batch_size": 8,
-    "encoder": "tiny",
-    "decoder": "tiny",
-    "eval_samples": 100,
-    "eval_every": 0,
-    "log_every": 2,
-    "checkpoint_every": 2,
-    "device": "cpu",
-}
+TINY_RUN = tiny_run(deterministic=None)
 
 
 def test_evaluate_run_writes_every_requested_metric_and_provenance(tmp_path):

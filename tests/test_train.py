@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from train_utils import tiny_run
 
 from latentquant.cli import main
 from latentquant.train import build_optimizer, clip_gradients, param_groups
@@ -27,20 +28,7 @@ from latentquant.train.config import parse_overrides, resolve_config
 from latentquant.train.loop import train
 from latentquant.zoo import AE, build_model
 
-TINY = {
-    "model": "qlae",
-    "dataset": "shapes3d",
-    "steps": 6,
-    "batch_size": 8,
-    "encoder": "tiny",
-    "decoder": "tiny",
-    "eval_samples": 300,
-    "eval_every": 0,
-    "log_every": 2,
-    "checkpoint_every": 2,
-    "deterministic": True,
-    "device": "cpu",
-}
+TINY = tiny_run(steps=6, eval_samples=300)
 
 
 # ------------------------------------------------------------------------------------------ optimizer
