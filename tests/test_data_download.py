@@ -82,6 +82,16 @@ def _entry(monkeypatch, name, data: bytes, **fields):
     return new_remote
 
 
+def _serve_shapes3d(tmp_path: Path, handler, monkeypatch) -> bytes:
+    """Serve a small generated ``3dshapes.h5`` as shapes3d's download, with its real checksums; its bytes."""
+    source = tmp_path / "src.h5"
+    write_shapes3d(source)
+    data = source.read_bytes()
+    handler.files["3dshapes.h5"] = data
+    _entry(monkeypatch, "shapes3d", data)
+    return data
+
+
 def _leftovers(directory: Path) -> list[str]:
     return sorted(p.name for p in directory.iterdir()) if directory.exists() else []
 
@@ -107,11 +117,7 @@ def test_table_has_every_dataset_with_official_urls():
 
 def test_download_verifies_checksum_and_places_the_file(tmp_path, server, monkeypatch):
     handler, url = server
-    source = tmp_path / "src.h5"
-    write_shapes3d(source)
-    data = source.read_bytes()
-    handler.files["3dshapes.h5"] = data
-    _entry(monkeypatch, "shapes3d", data)
+    data = _serve_shapes3d(tmp_path, handler, monkeypatch)
     out = tmp_path / "data"
     paths = dl.download("shapes3d", out, base_url=url, progress=False)
     assert paths == [out / "3dshapes.h5"] and (out / "3dshapes.h5").read_bytes() == data
@@ -125,11 +131,7 @@ def test_download_verifies_checksum_and_places_the_file(tmp_path, server, monkey
 
 def test_download_resumes_after_a_cut_connection(tmp_path, server, monkeypatch):
     handler, url = server
-    source = tmp_path / "src.h5"
-    write_shapes3d(source)
-    data = source.read_bytes()
-    handler.files["3dshapes.h5"] = data
-    _entry(monkeypatch, "shapes3d", data)
+    data = _serve_shapes3d(tmp_path, handler, monkeypatch)
     handler.cuts.extend([len(data) // 3, len(data) // 3])  # two cuts, then the rest
     out = tmp_path / "data"
     dl.download("shapes3d", out, base_url=url, progress=False)
@@ -143,11 +145,7 @@ def test_a_partial_download_from_an_earlier_run_is_resumed(tmp_path, server, mon
     from latentquant.cli import main
 
     handler, url = server
-    source = tmp_path / "src.h5"
-    write_shapes3d(source)
-    data = source.read_bytes()
-    handler.files["3dshapes.h5"] = data
-    _entry(monkeypatch, "shapes3d", data)
+    data = _serve_shapes3d(tmp_path, handler, monkeypatch)
     out = tmp_path / "data"
     handler.cuts.extend([1000] * 4)  # every attempt of the first run is cut
     argv = ["data", "download", "shapes3d", "--dir", str(out), "--base-url", url, "--no-progress"]
@@ -164,10 +162,7 @@ def test_a_corrupt_download_is_rejected_and_removed(tmp_path, server, monkeypatc
     from latentquant.cli import main
 
     handler, url = server
-    source = tmp_path / "src.h5"
-    write_shapes3d(source)
-    data = source.read_bytes()
-    _entry(monkeypatch, "shapes3d", data)
+    data = _serve_shapes3d(tmp_path, handler, monkeypatch)  # replaced below by damaged bytes
     damaged = bytearray(data)
     damaged[len(data) // 2] ^= 0x01
     handler.files["3dshapes.h5"] = bytes(damaged)
@@ -301,11 +296,7 @@ def test_one_download_per_folder_and_disk_space_checked_first(tmp_path, server, 
 
 def test_a_partial_file_longer_than_the_servers_starts_over(tmp_path, server, monkeypatch):
     handler, url = server
-    source = tmp_path / "src.h5"
-    write_shapes3d(source)
-    data = source.read_bytes()
-    handler.files["3dshapes.h5"] = data
-    _entry(monkeypatch, "shapes3d", data)
+    data = _serve_shapes3d(tmp_path, handler, monkeypatch)
     out = tmp_path / "data"
     out.mkdir()
     (out / ".3dshapes.h5.part").write_bytes(b"\0" * (len(data) + 10))  # left by a different file
