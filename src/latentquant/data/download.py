@@ -80,6 +80,21 @@ class DatasetDownload:
 
 
 _DISENT = "nmichlo/disent (disent/dataset/data/_groundtruth__mpi3d.py, MD5 'full')"
+
+
+def _mpi3d_variant(variant: str, md5: str) -> DatasetDownload:
+    """An MPI3D variant as disentanglement_lib publishes it: ``mpi3d_<variant>.npz``, with its MD5."""
+    filename = f"mpi3d_{variant}.npz"
+    remote = RemoteFile(
+        url=f"https://storage.googleapis.com/disentanglement_dataset/Final_Dataset/{filename}",
+        filename=filename,
+        provides=filename,
+        md5=md5,
+        source=_DISENT,
+    )
+    return DatasetDownload("mpi3d", (remote,))
+
+
 DOWNLOADS: dict[str, DatasetDownload] = {
     "shapes3d": DatasetDownload(
         "shapes3d",
@@ -122,42 +137,9 @@ DOWNLOADS: dict[str, DatasetDownload] = {
         ),
         note="the paper's MPI3D: the 'complex' real-world shapes, grid 4,4,2,3,3,40,40",
     ),
-    "mpi3d-toy": DatasetDownload(
-        "mpi3d",
-        (
-            RemoteFile(
-                url="https://storage.googleapis.com/disentanglement_dataset/Final_Dataset/mpi3d_toy.npz",
-                filename="mpi3d_toy.npz",
-                provides="mpi3d_toy.npz",
-                md5="55889cb7c7dfc655d6e0277beee88868",
-                source=_DISENT,
-            ),
-        ),
-    ),
-    "mpi3d-realistic": DatasetDownload(
-        "mpi3d",
-        (
-            RemoteFile(
-                url="https://storage.googleapis.com/disentanglement_dataset/Final_Dataset/mpi3d_realistic.npz",
-                filename="mpi3d_realistic.npz",
-                provides="mpi3d_realistic.npz",
-                md5="59a6225b88b635365f70c91b3e52f70f",
-                source=_DISENT,
-            ),
-        ),
-    ),
-    "mpi3d-real": DatasetDownload(
-        "mpi3d",
-        (
-            RemoteFile(
-                url="https://storage.googleapis.com/disentanglement_dataset/Final_Dataset/mpi3d_real.npz",
-                filename="mpi3d_real.npz",
-                provides="mpi3d_real.npz",
-                md5="0f33f609918fb5c97996692f91129802",
-                source=_DISENT,
-            ),
-        ),
-    ),
+    "mpi3d-toy": _mpi3d_variant("toy", md5="55889cb7c7dfc655d6e0277beee88868"),
+    "mpi3d-realistic": _mpi3d_variant("realistic", md5="59a6225b88b635365f70c91b3e52f70f"),
+    "mpi3d-real": _mpi3d_variant("real", md5="0f33f609918fb5c97996692f91129802"),
     "falcor3d": DatasetDownload(
         "falcor3d",
         (
