@@ -252,3 +252,22 @@ def test_ragged_sizes_are_checked_on_load():
     same.load_state_dict(saved)
     legacy = {"values": saved["values"]}  # a state from before the sizes were stored still loads
     LatentQuantizer(3, [5, 5, 8]).load_state_dict(legacy)
+
+
+def test_wrong_feature_size_is_named_with_the_layout_for_lq_and_fsq():
+    from latentquant.nn import FSQ
+
+    cases = [
+        (LatentQuantizer(4, 5), "LatentQuantizer"),
+        (GlobalLatentQuantizer(4, 5), "GlobalLatentQuantizer"),
+        (FSQ([5, 5, 5, 5]), "FSQ"),
+    ]
+    for layer, name in cases:
+        with pytest.raises(
+            ValueError, match=rf"^{name}: expected 4 features in the last dimension, got .*\(2, 3\)"
+        ):
+            layer(torch.randn(2, 3))
+        with pytest.raises(
+            ValueError, match=rf"^{name}: expected 4 features in the channel \(dim 1\) dimension"
+        ):
+            layer(torch.randn(2, 3, 4, 4))

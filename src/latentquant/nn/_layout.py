@@ -38,6 +38,36 @@ def from_channel_last(t: torch.Tensor, channel_first: bool) -> torch.Tensor:
     return t.movedim(-1, 1) if channel_first else t
 
 
+def channel_last_input(
+    layer: str, z: torch.Tensor, channel_first: bool | None, dim: int
+) -> tuple[torch.Tensor, bool]:
+    """A layer's input ``z`` in channel-last layout, checked to carry ``dim`` features.
+
+    Args:
+        layer: the layer's name, for the error message.
+        z: (..., dim) channel last or (B, dim, *spatial) channel first, by :func:`is_channel_first`.
+        channel_first: the layer's setting (None: auto).
+        dim: the expected feature size.
+
+    Returns:
+        ``(zl, cf)``: ``z`` as (..., dim) (a view) and whether it was channel first.
+    """
+    cf = is_channel_first(z.dim(), channel_first)
+    zl = to_channel_last(z, cf)
+    if zl.shape[-1] != dim:
+        raise ValueError(
+            f"{layer}: expected {dim} features in the {'channel (dim 1)' if cf else 'last'} dimension, "
+            f"got input of shape {tuple(z.shape)}"
+        )
+    return zl, cf
+
+
+def flat_indices_channel_first(ndim: int, channel_first: bool | None) -> bool:
+    """Whether decoding flat code indices of ``ndim`` dims gives channel-first output: with ``channel_first=None``
+    when they have 3+ dims, (B, H, W) or (B, T, H, W) from an image or video (as vector-quantize-pytorch)."""
+    return ndim >= 3 if channel_first is None else channel_first
+
+
 def check_levels(layer: str, levels: Sequence[int], name: str = "levels", minimum: int = 1) -> list[int]:
     """A non-empty list of ints >= ``minimum`` (the number of values per latent)."""
     if isinstance(levels, (int, float, str)) or len(levels) == 0:

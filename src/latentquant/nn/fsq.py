@@ -16,11 +16,11 @@ from torch import nn
 
 from latentquant.nn._layout import (
     MixedRadix,
+    channel_last_input,
     check_levels,
+    flat_indices_channel_first,
     from_channel_last,
-    is_channel_first,
     projections,
-    to_channel_last,
 )
 from latentquant.ops import scalar_quantize
 
@@ -107,13 +107,7 @@ class FSQ(nn.Module):
             indices: z's shape without the channel dim, int64 flat codes
                 ``sum_d level_index[d] * prod(levels[:d])`` in [0, codebook_size).
         """
-        cf = is_channel_first(z.dim(), self.channel_first)
-        zl = to_channel_last(z, cf)
-        if zl.shape[-1] != self.dim:
-            raise ValueError(
-                f"FSQ: expected {self.dim} features in the {'channel (dim 1)' if cf else 'last'} dimension, "
-                f"got input of shape {tuple(z.shape)}"
-            )
+        zl, cf = channel_last_input("FSQ", z, self.channel_first, self.dim)
         if self.check_finite and zl.numel() and not bool(torch.isfinite(zl).all()):
             raise ValueError("FSQ: input contains NaN or Inf (pass check_finite=False to skip this check)")
         zp = self.project_in(zl)
@@ -141,7 +135,7 @@ class FSQ(nn.Module):
         half = self._levels // 2
         codes = (self._radix.from_flat(indices) - half.to(indices.device)) / half.to(indices.device)
         out = self.project_out(codes.to(self._dtype()))
-        cf = indices.dim() >= 3 if self.channel_first is None else self.channel_first
+        cf = flat_indices_channel_first(indices.dim(), self.channel_first)
         return from_channel_last(out, cf)
 
     def _dtype(self) -> torch.dtype:

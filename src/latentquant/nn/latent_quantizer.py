@@ -24,7 +24,9 @@ from torch import nn
 
 from latentquant.nn._layout import (
     MixedRadix,
+    channel_last_input,
     check_levels,
+    flat_indices_channel_first,
     from_channel_last,
     is_channel_first,
     projections,
@@ -136,13 +138,7 @@ class _ScalarCodebookQuantizer(nn.Module, abc.ABC):
             aux_loss: () ``qw * mean((sg(z) - z_q)^2) + cw * mean((z - sg(z_q))^2)`` in latent space (after
                 ``project_in``).
         """
-        cf = is_channel_first(z.dim(), self.channel_first)
-        zl = to_channel_last(z, cf)
-        if zl.shape[-1] != self.dim:
-            raise ValueError(
-                f"{type(self).__name__}: expected {self.dim} features in the "
-                f"{'channel (dim 1)' if cf else 'last'} dimension, got input of shape {tuple(z.shape)}"
-            )
+        zl, cf = channel_last_input(type(self).__name__, z, self.channel_first, self.dim)
         zp = self.project_in(zl)
         codebook = self.codebook()
         z_hat, raw, aux_loss = latent_quantize(
@@ -179,7 +175,7 @@ class _ScalarCodebookQuantizer(nn.Module, abc.ABC):
             codes of ``forward``'s ``z_hat`` layout with ``dim`` features (through ``project_out``).
         """
         if self.flat_indices:
-            cf = indices.dim() >= 3 if self.channel_first is None else self.channel_first
+            cf = flat_indices_channel_first(indices.dim(), self.channel_first)
             values = self._decode(self._radix.from_flat(indices))
         else:
             cf = is_channel_first(indices.dim(), self.channel_first)
