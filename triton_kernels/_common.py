@@ -23,6 +23,7 @@ the compute dtype, the nearest-value search, the device guard and the device-sid
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 
 import torch
 import triton
@@ -110,6 +111,23 @@ def deterministic_scatter(bins: torch.Tensor, bin_index: torch.Tensor, contrib: 
     Shapes: bins (B,) in the accumulation dtype, bin_index (M,) int64 in [0, B), contrib (M,) in bins' dtype.
     """
     return bins.index_put_((bin_index,), contrib, accumulate=True)
+
+
+@contextlib.contextmanager
+def scatter_launch(bins: torch.Tensor, numel: int, det: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Set up and finish a backward scatter kernel's launch into ``bins`` (launch it in the body).
+
+    Shapes: bins (any shape, contiguous) in the accumulation dtype; yields ``(contrib, bin_index)``, (numel,)
+    in bins' dtype and (numel,) int64 with ``det`` (the kernel writes its (contribution, bin) pairs there), else
+    empty (the kernel adds with atomics). The body runs with bins' CUDA device current; after it, with ``det``,
+    the pairs are summed into ``bins`` by :func:`deterministic_scatter`.
+    """
+    contrib = torch.empty(numel if det else 0, dtype=bins.dtype, device=bins.device)
+    bin_index = torch.empty(numel if det else 0, dtype=torch.int64, device=bins.device)
+    with device_guard(bins):
+        yield contrib, bin_index
+        if det:
+            deterministic_scatter(bins.view(-1), bin_index, contrib)
 
 
 def raise_if_not_finite(

@@ -23,11 +23,10 @@ from latentquant.triton_kernels._common import (
     checks_enabled,
     compute_dtype,
     deterministic,
-    deterministic_scatter,
-    device_guard,
     programs,
     raise_if_bad_index,
     raise_if_not_finite,
+    scatter_launch,
 )
 from latentquant.triton_kernels.scalar_quantize import nearest_values_fwd, scatter_plan
 
@@ -145,9 +144,7 @@ def _latent_quantize_bwd(
     grid = programs(numel, block)
     flags = torch.zeros(grid[0], dtype=torch.int32, device=z.device)
     if numel:
-        contrib = torch.empty(numel if det else 0, dtype=values.dtype, device=z.device)
-        bin_index = torch.empty(numel if det else 0, dtype=torch.int64, device=z.device)
-        with device_guard(z):
+        with scatter_launch(bins, numel, det) as (contrib, bin_index):
             _latent_quantize_bwd_kernel[grid](
                 grad_z_hat,
                 z,
@@ -169,8 +166,6 @@ def _latent_quantize_bwd(
                 sub,
                 block,
             )
-            if det:
-                deterministic_scatter(bins.view(-1), bin_index, contrib)
     return grad_z, bins, flags
 
 

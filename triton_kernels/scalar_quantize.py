@@ -22,12 +22,12 @@ from latentquant.triton_kernels._common import (
     compute_dtype,
     count_not_finite,
     deterministic,
-    deterministic_scatter,
     device_guard,
     nearest_scalar,
     programs,
     raise_if_bad_index,
     raise_if_not_finite,
+    scatter_launch,
 )
 
 _OP = "scalar_quantize"
@@ -185,14 +185,10 @@ def _scalar_quantize_bwd(
     grid = programs(numel, block)
     flags = torch.zeros(grid[0], dtype=torch.int32, device=grad_z_q.device)
     if numel:
-        contrib = torch.empty(numel if det else 0, dtype=dtype, device=grad_z_q.device)
-        bin_index = torch.empty(numel if det else 0, dtype=torch.int64, device=grad_z_q.device)
-        with device_guard(grad_z_q):
+        with scatter_launch(bins, numel, det) as (contrib, bin_index):
             _scalar_quantize_bwd_kernel[grid](
                 grad_z_q, indices, bins, contrib, bin_index, flags, numel, D, num_values, det, nb, sub, block
             )
-            if det:
-                deterministic_scatter(bins, bin_index, contrib)
     return bins.view(D, num_values), flags
 
 

@@ -24,10 +24,10 @@ from latentquant.triton_kernels._common import (
     compute_dtype,
     count_not_finite,
     deterministic,
-    deterministic_scatter,
     device_guard,
     raise_if_bad_index,
     raise_if_not_finite,
+    scatter_launch,
 )
 
 _OP = "vector_quantize"
@@ -182,14 +182,10 @@ def _vector_quantize_bwd(
     flags = torch.zeros(grid[0], dtype=torch.int32, device=grad_z_q.device)
     if numel:
         det = deterministic()
-        contrib = torch.empty(numel if det else 0, dtype=dtype, device=grad_z_q.device)
-        bin_index = torch.empty(numel if det else 0, dtype=torch.int64, device=grad_z_q.device)
-        with device_guard(grad_z_q):
+        with scatter_launch(bins, numel, det) as (contrib, bin_index):
             _vector_quantize_bwd_kernel[grid](
                 grad_z_q, indices, bins, contrib, bin_index, flags, numel, num_codes, C, det, BLOCK_BWD
             )
-            if det:
-                deterministic_scatter(bins, bin_index, contrib)
     return bins.view(num_codes, C), flags
 
 
