@@ -78,6 +78,48 @@ def _scales(x1t, weights, sample_weight):
     return loss_scale, grad_scale
 
 
+def assert_same_at_one_and_two_threads(op, args: tuple) -> None:
+    """``op(*args)`` -> (loss, grad) is bit-identical at 1 and 2 torch threads (fixed chunking, no race)."""
+    threads = torch.get_num_threads()
+    try:
+        results = []
+        for count in (1, 2):
+            torch.set_num_threads(count)
+            results.append(op(*args))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(results[0][0], results[1][0])
+    assert torch.equal(results[0][1], results[1][1])
+
+
+def assert_same_on_column_major_inputs(op, args: tuple) -> None:
+    """``op`` on (features (T, ...), weights (T, C, F), labels (T, N), sw (T, N)) stored column-major (strided,
+    non-contiguous) gives exactly what it gives on the contiguous tensors."""
+    first, weights, labels, sw = args
+    got = op(
+        first.T.contiguous().T,
+        weights.transpose(1, 2).contiguous().transpose(1, 2),
+        labels.T.contiguous().T,
+        sw.T.contiguous().T,
+    )
+    want = op(*args)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
+def assert_compiles_fullgraph(op, args: tuple) -> None:
+    """``op`` traced by ``torch.compile(fullgraph=True)`` inside a function that uses both outputs gives the
+    eager loss exactly and the gradient within the default tolerance."""
+
+    def f(*inputs):
+        loss, grad = op(*inputs)
+        return loss * 2, grad.sum(dim=2)
+
+    compiled = torch.compile(f, fullgraph=True)
+    got, want = compiled(*args), f(*args)
+    assert torch.equal(got[0], want[0])
+    torch.testing.assert_close(got[1], want[1])
+
+
 def assert_close_to(loss, grad, want_loss, want_grad, scales, ulps: float):
     """|error| <= ulps * eps(dtype) * scale, elementwise: loss scale per target, gradient scale per feature."""
     eps = torch.finfo(loss.dtype).eps
@@ -231,16 +273,7 @@ def test_gradient_matches_finite_differences(path):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_result_does_not_depend_on_thread_count(dtype):
     x1t, weights, labels, sw = make_problem(3, 10, 13, 20011, dtype, seed=5, pad=2)  # 10 chunks of 2048
-    threads = torch.get_num_threads()
-    try:
-        results = []
-        for count in (1, 2):
-            torch.set_num_threads(count)
-            results.append(logistic_loss_grad(x1t, weights, labels, sw))
-    finally:
-        torch.set_num_threads(threads)
-    assert torch.equal(results[0][0], results[1][0])
-    assert torch.equal(results[0][1], results[1][1])
+    assert_same_at_one_and_two_threads(logistic_loss_grad, (x1t, weights, labels, sw))
 
 
 @needs_kernel
@@ -268,14 +301,7 @@ def test_non_finite_logits_give_non_finite_loss():
 @needs_kernel
 def test_non_contiguous_inputs():
     x1t, weights, labels, sw = make_problem(2, 5, 4, 700, torch.float64, seed=4)
-    got = logistic_loss_grad(
-        x1t.T.contiguous().T,
-        weights.transpose(1, 2).contiguous().transpose(1, 2),
-        labels.T.contiguous().T,
-        sw.T.contiguous().T,
-    )
-    want = logistic_loss_grad(x1t, weights, labels, sw)
-    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    assert_same_on_column_major_inputs(logistic_loss_grad, (x1t, weights, labels, sw))
 
 
 @needs_kernel
@@ -288,15 +314,7 @@ def test_opcheck():
 @needs_kernel
 def test_torch_compile_fullgraph():
     x1t, weights, labels, sw = make_problem(2, 3, 4, 300, torch.float32, seed=8)
-
-    def f(x1t, weights, labels, sw):
-        loss, grad = logistic_loss_grad(x1t, weights, labels, sw)
-        return loss * 2, grad.sum(dim=2)
-
-    compiled = torch.compile(f, fullgraph=True)
-    got, want = compiled(x1t, weights, labels, sw), f(x1t, weights, labels, sw)
-    assert torch.equal(got[0], want[0])
-    torch.testing.assert_close(got[1], want[1])
+    assert_compiles_fullgraph(logistic_loss_grad, (x1t, weights, labels, sw))
 
 
 def _bad_inputs():
@@ -509,16 +527,7 @@ def test_onehot_gradcheck():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_onehot_result_does_not_depend_on_thread_count(dtype):
     codes, weights, labels, sw = make_onehot_problem(3, 10, 6, 8, 20011, dtype, seed=6, pad=2)  # 10 chunks
-    threads = torch.get_num_threads()
-    try:
-        results = []
-        for count in (1, 2):
-            torch.set_num_threads(count)
-            results.append(logistic_onehot_loss_grad(codes, weights, labels, sw))
-    finally:
-        torch.set_num_threads(threads)
-    assert torch.equal(results[0][0], results[1][0])
-    assert torch.equal(results[0][1], results[1][1])
+    assert_same_at_one_and_two_threads(logistic_onehot_loss_grad, (codes, weights, labels, sw))
 
 
 @needs_kernel
@@ -533,14 +542,7 @@ def test_onehot_non_finite_logits_give_non_finite_loss():
 @needs_kernel
 def test_onehot_non_contiguous_inputs():
     codes, weights, labels, sw = make_onehot_problem(2, 5, 3, 4, 700, torch.float64, seed=8)
-    got = logistic_onehot_loss_grad(
-        codes.T.contiguous().T,
-        weights.transpose(1, 2).contiguous().transpose(1, 2),
-        labels.T.contiguous().T,
-        sw.T.contiguous().T,
-    )
-    want = logistic_onehot_loss_grad(codes, weights, labels, sw)
-    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    assert_same_on_column_major_inputs(logistic_onehot_loss_grad, (codes, weights, labels, sw))
 
 
 @needs_kernel
@@ -553,15 +555,7 @@ def test_onehot_opcheck():
 @needs_kernel
 def test_onehot_torch_compile_fullgraph():
     codes, weights, labels, sw = make_onehot_problem(2, 3, 2, 4, 300, torch.float32, seed=10)
-
-    def f(codes, weights, labels, sw):
-        loss, grad = logistic_onehot_loss_grad(codes, weights, labels, sw)
-        return loss * 2, grad.sum(dim=2)
-
-    compiled = torch.compile(f, fullgraph=True)
-    got, want = compiled(codes, weights, labels, sw), f(codes, weights, labels, sw)
-    assert torch.equal(got[0], want[0])
-    torch.testing.assert_close(got[1], want[1])
+    assert_compiles_fullgraph(logistic_onehot_loss_grad, (codes, weights, labels, sw))
 
 
 def _bad_onehot_inputs():
