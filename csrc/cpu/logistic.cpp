@@ -150,9 +150,24 @@ LQ_INLINE void add_wide(typename Vec<T, VB>::wide& acc, const typename Vec<T, VB
   }
 }
 
-// Sum of the lanes of a vector, by halving (a fixed order: lane l + lane l + W/2, and so on).
-template <typename T, int VB>
-LQ_INLINE T hsum(const typename Lanes<T, VB>::type& v) {
+// Lane-wise combinations for hreduce (functors, not lambdas: always inlined, also into the AVX2 copies).
+struct LaneAdd {
+  template <typename H>
+  LQ_INLINE H operator()(const H& lo, const H& hi) const {
+    return lo + hi;
+  }
+};
+struct LaneMax {
+  template <typename H>
+  LQ_INLINE H operator()(const H& lo, const H& hi) const {
+    return lo > hi ? lo : hi;
+  }
+};
+
+// One lane from all the lanes of a vector, by halving (a fixed order: Combine(lane l, lane l + W/2), and so
+// on): the sum with LaneAdd, the largest lane with LaneMax.
+template <typename T, int VB, typename Combine>
+LQ_INLINE T hreduce(const typename Lanes<T, VB>::type& v) {
   if constexpr (VB == static_cast<int>(sizeof(T))) {
     return v[0];
   } else {
@@ -160,7 +175,7 @@ LQ_INLINE T hsum(const typename Lanes<T, VB>::type& v) {
     H lo, hi;
     __builtin_memcpy(&lo, &v, sizeof(H));
     __builtin_memcpy(&hi, reinterpret_cast<const char*>(&v) + sizeof(H), sizeof(H));
-    return hsum<T, VB / 2>(lo + hi);
+    return hreduce<T, VB / 2, Combine>(Combine{}(lo, hi));
   }
 }
 
@@ -306,7 +321,7 @@ LQ_INLINE void grad_tile(const T* res, const T* x, int64_t ldx, int64_t f1, doub
     }
   }
   for (int c = 0; c < RC; ++c)
-    for (int f = 0; f < RF; ++f) g[c * f1 + f] += static_cast<double>(hsum<T, VB>(acc[c][f]));
+    for (int f = 0; f < RF; ++f) g[c * f1 + f] += static_cast<double>(hreduce<T, VB, LaneAdd>(acc[c][f]));
 }
 
 // Tiles of 4 rows, with three tiles of 3 instead of a last tile of 1 or 2 (13 = 3 + 3 + 3 + 4): a thin tile
@@ -599,20 +614,6 @@ struct OneHotProblem {
   int64_t n, groups, f1, targets, classes, cp;
 };
 
-// Largest lane of a vector, by halving (a fixed order).
-template <typename T, int VB>
-LQ_INLINE T hmax(const typename Lanes<T, VB>::type& v) {
-  if constexpr (VB == static_cast<int>(sizeof(T))) {
-    return v[0];
-  } else {
-    using H = typename Lanes<T, VB / 2>::type;
-    H lo, hi;
-    __builtin_memcpy(&lo, &v, sizeof(H));
-    __builtin_memcpy(&hi, reinterpret_cast<const char*>(&v) + sizeof(H), sizeof(H));
-    return hmax<T, VB / 2>(lo > hi ? lo : hi);
-  }
-}
-
 // R vectors (lanes v0 * W ..) of one sample's logits: the intercept row plus the G gathered rows (row
 // offsets off[g], already multiplied by Cp).
 template <int R, typename T, int VB>
@@ -736,7 +737,7 @@ LQ_INLINE bool onehot_block_target(const OneHotProblem<T>& p, int64_t t, int64_t
       const V masked = load<V>(p.lane + u * W) < T(p.classes) ? zu : neg_inf;
       m = masked > m ? masked : m;
     }
-    const T top = hmax<T, VB>(m);
+    const T top = hreduce<T, VB, LaneMax>(m);
     sc.top[j] = top;
     sc.picked[j] = zj[sc.label[j]];
     V tot = V{};
@@ -746,7 +747,7 @@ LQ_INLINE bool onehot_block_target(const OneHotProblem<T>& p, int64_t t, int64_t
       store(zj + u * W, e);
       tot += e;
     }
-    sc.total[j] = hsum<T, VB>(tot);
+    sc.total[j] = hreduce<T, VB, LaneAdd>(tot);
   }
 
   // (2) loss terms and w / total (kept in sc.total) over whole vectors of samples
