@@ -21,6 +21,39 @@ from latentquant.reference.vector_quantize import vector_quantize_ref
 
 Ops = dict[str, Callable]
 
+# Backward inputs, per op, with one index outside [0, 3) (the codebook size): every backend raises the C++
+# kernels' ValueError. Each entry: (op name, device -> the op's arguments).
+BACKWARD_BAD_INDEX: list[tuple[str, Callable[[str], tuple]]] = [
+    (
+        "scalar_quantize_backward",
+        lambda dev: (
+            torch.ones(2, 2, device=dev),
+            torch.tensor([[0, 5], [0, 0]], device=dev),
+            torch.zeros(2, 3, device=dev),
+        ),
+    ),
+    (
+        "vector_quantize_backward",
+        lambda dev: (
+            torch.ones(2, 4, device=dev),
+            torch.tensor([0, -1], device=dev),
+            torch.zeros(3, 4, device=dev),
+        ),
+    ),
+    (
+        "latent_quantize_backward",
+        lambda dev: (
+            torch.ones(2, 2, device=dev),
+            torch.tensor(1.0, device=dev),
+            torch.ones(2, 2, device=dev),
+            torch.zeros(2, 3, device=dev),
+            torch.tensor([[0, 3], [1, 1]], device=dev),
+            0.1,
+            0.1,
+        ),
+    ),
+]
+
 
 def _compute(*tensors: torch.Tensor) -> torch.dtype:
     return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32

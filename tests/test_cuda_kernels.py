@@ -404,27 +404,9 @@ def test_deterministic_mode_gives_identical_gradients():
 def test_out_of_range_indices_raise_like_the_cpu():
     """A ValueError with the CPU's message (the CUDA kernels hit a device assert that killed the context);
     the device stays usable afterwards."""
-    ops = torch.ops.latentquant
-    with pytest.raises(ValueError, match=r"scalar_quantize_backward: indices must lie in \[0, 3\)"):
-        ops.scalar_quantize_backward(
-            torch.ones(2, 2, device=DEV),
-            torch.tensor([[0, 5], [0, 0]], device=DEV),
-            torch.zeros(2, 3, device=DEV),
-        )
-    with pytest.raises(ValueError, match=r"vector_quantize_backward: indices must lie in \[0, 3\)"):
-        ops.vector_quantize_backward(
-            torch.ones(2, 4, device=DEV), torch.tensor([0, -1], device=DEV), torch.zeros(3, 4, device=DEV)
-        )
-    with pytest.raises(ValueError, match=r"latent_quantize_backward: indices must lie in \[0, 3\)"):
-        ops.latent_quantize_backward(
-            torch.ones(2, 2, device=DEV),
-            torch.tensor(1.0, device=DEV),
-            torch.ones(2, 2, device=DEV),
-            torch.zeros(2, 3, device=DEV),
-            torch.tensor([[0, 3], [1, 1]], device=DEV),
-            0.1,
-            0.1,
-        )
+    for op, args in quant_checks.BACKWARD_BAD_INDEX:
+        with pytest.raises(ValueError, match=rf"{op}: indices must lie in \[0, 3\)"):
+            getattr(torch.ops.latentquant, op)(*args(DEV))
     assert float(torch.ones(3, device=DEV).sum()) == 3.0
 
 

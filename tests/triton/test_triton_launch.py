@@ -6,38 +6,8 @@ scatters, no host-to-device copies in the latent backward, and exact ties."""
 import pytest
 import torch
 from latentquant.triton_kernels import _common
+from quant_checks import BACKWARD_BAD_INDEX
 from triton_ops import DEVICE, OPS
-
-BACKWARD_BAD_INDEX = [
-    (
-        "scalar_quantize_backward",
-        lambda dev: (
-            torch.ones(2, 2, device=dev),
-            torch.tensor([[0, 5], [0, 0]], device=dev),
-            torch.zeros(2, 3, device=dev),
-        ),
-    ),
-    (
-        "vector_quantize_backward",
-        lambda dev: (
-            torch.ones(2, 4, device=dev),
-            torch.tensor([0, -1], device=dev),
-            torch.zeros(3, 4, device=dev),
-        ),
-    ),
-    (
-        "latent_quantize_backward",
-        lambda dev: (
-            torch.ones(2, 2, device=dev),
-            torch.tensor(1.0, device=dev),
-            torch.ones(2, 2, device=dev),
-            torch.zeros(2, 3, device=dev),
-            torch.tensor([[0, 3], [1, 1]], device=dev),
-            0.1,
-            0.1,
-        ),
-    ),
-]
 
 
 @pytest.mark.parametrize(("op", "args"), BACKWARD_BAD_INDEX, ids=[b[0] for b in BACKWARD_BAD_INDEX])
