@@ -43,6 +43,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <tuple>
+#include <utility>
 #include <vector>
 
 #include <torch/library.h>
@@ -504,34 +506,79 @@ bool use_avx2() {
 }
 #endif
 
+// The checks both ops open with: `features` (x1t or codes, named `name`) 2-D, weights (T, C, F1) 3-D, labels and
+// sample_weight 2-D, weights float32 or float64. Returns weights' dtype.
+at::ScalarType check_ranks_and_weight_dtype(const char* op, const at::Tensor& features, const char* name,
+                                            const at::Tensor& weights, const at::Tensor& labels,
+                                            const at::Tensor& sample_weight) {
+  check_rank(features, 2, op, name);
+  check_rank(weights, 3, op, "weights");
+  check_rank(labels, 2, op, "labels");
+  check_rank(sample_weight, 2, op, "sample_weight");
+  const auto dtype = weights.scalar_type();
+  TORCH_CHECK_VALUE(dtype == at::kFloat || dtype == at::kDouble, op, ": weights must be float32 or float64, got ",
+                    dtype);
+  return dtype;
+}
+
+// The checks both ops close with: at least one class, labels and sample_weight of shape (T, N) with T from
+// weights and N = features.shape[1], every argument on features' device.
+void check_targets_and_device(const char* op, const at::Tensor& features, const char* name,
+                              const at::Tensor& weights, const at::Tensor& labels,
+                              const at::Tensor& sample_weight) {
+  const int64_t n = features.size(1), targets = weights.size(0);
+  TORCH_CHECK_VALUE(weights.size(1) >= 1, op, ": weights needs at least one class (shape (T, C, F1), C >= 1), got ",
+                    weights.sizes());
+  TORCH_CHECK_VALUE(labels.size(0) == targets && labels.size(1) == n, op, ": labels must have shape (T, N) = (",
+                    targets, ", ", n, ") from weights and ", name, ", got ", labels.sizes());
+  TORCH_CHECK_VALUE(sample_weight.size(0) == targets && sample_weight.size(1) == n, op,
+                    ": sample_weight must have shape (T, N) = (", targets, ", ", n, ") from weights and ", name,
+                    ", got ", sample_weight.sizes());
+  for (const at::Tensor* t : {&weights, &labels, &sample_weight})
+    TORCH_CHECK_VALUE(t->device() == features.device(), op, ": all arguments must be on one device, ", name,
+                      " is on ", features.device(), " but another on ", t->device());
+}
+
+// Splits N samples into chunks of kBlocksPerChunk blocks (fewer, longer chunks when the partial buffers would
+// pass ~32 MiB), runs `run` on the chunks in parallel, each into its own (out_size) double partial buffer, and
+// adds the partials in chunk order: the partition depends only on N and out_size, so the results do not depend
+// on the number of threads. Returns the (out_size) double sums and the OR of the chunks' flags.
+template <typename P>
+std::pair<at::Tensor, char> run_chunked(void (*run)(const P&, const ChunkRange&), const P& p, int64_t n,
+                                        int64_t out_size) {
+  const int64_t blocks = (n + kBlock - 1) / kBlock;
+  int64_t per_chunk = kBlocksPerChunk;
+  const int64_t max_chunks = std::max<int64_t>(1, (int64_t(1) << 22) / std::max<int64_t>(1, out_size));
+  if ((blocks + per_chunk - 1) / per_chunk > max_chunks) per_chunk = (blocks + max_chunks - 1) / max_chunks;
+  const int64_t chunks = blocks == 0 ? 0 : (blocks + per_chunk - 1) / per_chunk;
+
+  auto partial = at::zeros({std::max<int64_t>(chunks, 1), out_size}, at::TensorOptions().dtype(at::kDouble));
+  double* part = partial.data_ptr<double>();
+  std::vector<char> bad(chunks, 0);
+  at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+    run(p, ChunkRange{c0, c1, per_chunk, blocks, out_size, part, bad.data()});
+  });
+  char flags = 0;
+  for (char b : bad) flags |= b;
+  for (int64_t c = 1; c < chunks; ++c) {  // fixed order
+    const double* src = part + c * out_size;
+    for (int64_t i = 0; i < out_size; ++i) part[i] += src[i];
+  }
+  return {partial[0], flags};
+}
+
 void check_inputs(const at::Tensor& x1t, const at::Tensor& weights, const at::Tensor& labels,
                   const at::Tensor& sample_weight) {
-  check_rank(x1t, 2, kOp, "x1t");
-  check_rank(weights, 3, kOp, "weights");
-  check_rank(labels, 2, kOp, "labels");
-  check_rank(sample_weight, 2, kOp, "sample_weight");
-  const auto dtype = weights.scalar_type();
-  TORCH_CHECK_VALUE(dtype == at::kFloat || dtype == at::kDouble, kOp, ": weights must be float32 or float64, got ",
-                    dtype);
+  const auto dtype = check_ranks_and_weight_dtype(kOp, x1t, "x1t", weights, labels, sample_weight);
   TORCH_CHECK_VALUE(x1t.scalar_type() == dtype, kOp, ": x1t must have weights' dtype ", dtype, ", got ",
                     x1t.scalar_type());
   TORCH_CHECK_VALUE(sample_weight.scalar_type() == dtype, kOp, ": sample_weight must have weights' dtype ", dtype,
                     ", got ", sample_weight.scalar_type());
   TORCH_CHECK_VALUE(labels.scalar_type() == at::kLong, kOp, ": labels must be int64, got ", labels.scalar_type());
-  const int64_t f1 = x1t.size(0), n = x1t.size(1), targets = weights.size(0);
+  const int64_t f1 = x1t.size(0);
   TORCH_CHECK_VALUE(weights.size(2) == f1, kOp, ": weights must have shape (T, C, F1) with F1 = x1t.shape[0] = ", f1,
                     ", got weights of shape ", weights.sizes());
-  TORCH_CHECK_VALUE(weights.size(1) >= 1, kOp, ": weights needs at least one class (shape (T, C, F1), C >= 1), got ",
-                    weights.sizes());
-  TORCH_CHECK_VALUE(labels.size(0) == targets && labels.size(1) == n, kOp,
-                    ": labels must have shape (T, N) = (", targets, ", ", n, ") from weights and x1t, got ",
-                    labels.sizes());
-  TORCH_CHECK_VALUE(sample_weight.size(0) == targets && sample_weight.size(1) == n, kOp,
-                    ": sample_weight must have shape (T, N) = (", targets, ", ", n, ") from weights and x1t, got ",
-                    sample_weight.sizes());
-  for (const at::Tensor* t : {&weights, &labels, &sample_weight})
-    TORCH_CHECK_VALUE(t->device() == x1t.device(), kOp, ": all arguments must be on one device, x1t is on ",
-                      x1t.device(), " but another on ", t->device());
+  check_targets_and_device(kOp, x1t, "x1t", weights, labels, sample_weight);
 }
 
 std::tuple<at::Tensor, at::Tensor> logistic_loss_grad_cpu(const at::Tensor& x1t_in, const at::Tensor& weights_in,
@@ -545,16 +592,8 @@ std::tuple<at::Tensor, at::Tensor> logistic_loss_grad_cpu(const at::Tensor& x1t_
   const int64_t f1 = x1t.size(0), n = x1t.size(1), targets = weights.size(0), classes = weights.size(1);
 
   const int64_t out_size = targets * (1 + classes * f1);
-  const int64_t blocks = (n + kBlock - 1) / kBlock;
-  // Chunks of kBlocksPerChunk blocks, fewer (longer) when the partial buffers would pass ~32 MiB.
-  int64_t per_chunk = kBlocksPerChunk;
-  const int64_t max_chunks = std::max<int64_t>(1, (int64_t(1) << 22) / std::max<int64_t>(1, out_size));
-  if ((blocks + per_chunk - 1) / per_chunk > max_chunks) per_chunk = (blocks + max_chunks - 1) / max_chunks;
-  const int64_t chunks = blocks == 0 ? 0 : (blocks + per_chunk - 1) / per_chunk;
-
-  auto partial = at::zeros({std::max<int64_t>(chunks, 1), out_size}, at::TensorOptions().dtype(at::kDouble));
-  double* part = partial.data_ptr<double>();
-  std::vector<char> bad(chunks, 0);
+  at::Tensor sums;
+  char flags = 0;
   AT_DISPATCH_FLOATING_TYPES(weights.scalar_type(), kOp, [&] {
     const Problem<scalar_t> p{x1t.data_ptr<scalar_t>(), weights.data_ptr<scalar_t>(), labels.data_ptr<int64_t>(),
                               sample_weight.data_ptr<scalar_t>(), n, f1, targets, classes};
@@ -562,19 +601,11 @@ std::tuple<at::Tensor, at::Tensor> logistic_loss_grad_cpu(const at::Tensor& x1t_
 #if LQ_HAVE_AVX2_PATH
     if (use_avx2()) run = &chunk_avx2<scalar_t>;
 #endif
-    at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
-      run(p, ChunkRange{c0, c1, per_chunk, blocks, out_size, part, bad.data()});
-    });
+    std::tie(sums, flags) = run_chunked(run, p, n, out_size);
   });
-  TORCH_CHECK_VALUE(std::none_of(bad.begin(), bad.end(), [](char b) { return b != 0; }), kOp,
-                    ": labels must lie in [0, C) = [0, ", classes,
+  TORCH_CHECK_VALUE(flags == 0, kOp, ": labels must lie in [0, C) = [0, ", classes,
                     "), C = weights.shape[1] the number of classes; got a label outside it");
-
-  for (int64_t c = 1; c < chunks; ++c) {  // fixed order
-    const double* src = part + c * out_size;
-    for (int64_t i = 0; i < out_size; ++i) part[i] += src[i];
-  }
-  auto sums = partial[0].to(weights.scalar_type());
+  sums = sums.to(weights.scalar_type());
   auto loss = sums.slice(0, 0, targets).clone();
   auto grad = sums.slice(0, targets, out_size).reshape({targets, classes, f1}).clone();
   return {loss, grad};
@@ -836,31 +867,15 @@ LQ_TARGET_AVX2 void onehot_chunk_avx2(const OneHotProblem<T>& p, const ChunkRang
 void check_onehot_inputs(const at::Tensor& codes, const at::Tensor& weights, const at::Tensor& labels,
                          const at::Tensor& sample_weight) {
   const char* op = kOpOneHot;
-  check_rank(codes, 2, op, "codes");
-  check_rank(weights, 3, op, "weights");
-  check_rank(labels, 2, op, "labels");
-  check_rank(sample_weight, 2, op, "sample_weight");
-  const auto dtype = weights.scalar_type();
-  TORCH_CHECK_VALUE(dtype == at::kFloat || dtype == at::kDouble, op, ": weights must be float32 or float64, got ",
-                    dtype);
+  const auto dtype = check_ranks_and_weight_dtype(op, codes, "codes", weights, labels, sample_weight);
   TORCH_CHECK_VALUE(sample_weight.scalar_type() == dtype, op, ": sample_weight must have weights' dtype ", dtype,
                     ", got ", sample_weight.scalar_type());
   TORCH_CHECK_VALUE(codes.scalar_type() == at::kLong, op, ": codes must be int64, got ", codes.scalar_type());
   TORCH_CHECK_VALUE(labels.scalar_type() == at::kLong, op, ": labels must be int64, got ", labels.scalar_type());
-  const int64_t n = codes.size(1), targets = weights.size(0);
   TORCH_CHECK_VALUE(weights.size(2) >= 1, op,
                     ": weights must have shape (T, C, F1) with F1 >= 1 (the last column is the intercept), got ",
                     weights.sizes());
-  TORCH_CHECK_VALUE(weights.size(1) >= 1, op, ": weights needs at least one class (shape (T, C, F1), C >= 1), got ",
-                    weights.sizes());
-  TORCH_CHECK_VALUE(labels.size(0) == targets && labels.size(1) == n, op, ": labels must have shape (T, N) = (",
-                    targets, ", ", n, ") from weights and codes, got ", labels.sizes());
-  TORCH_CHECK_VALUE(sample_weight.size(0) == targets && sample_weight.size(1) == n, op,
-                    ": sample_weight must have shape (T, N) = (", targets, ", ", n, ") from weights and codes, got ",
-                    sample_weight.sizes());
-  for (const at::Tensor* t : {&weights, &labels, &sample_weight})
-    TORCH_CHECK_VALUE(t->device() == codes.device(), op, ": all arguments must be on one device, codes is on ",
-                      codes.device(), " but another on ", t->device());
+  check_targets_and_device(op, codes, "codes", weights, labels, sample_weight);
 }
 
 std::tuple<at::Tensor, at::Tensor> logistic_onehot_loss_grad_cpu(const at::Tensor& codes_in,
@@ -884,15 +899,8 @@ std::tuple<at::Tensor, at::Tensor> logistic_onehot_loss_grad_cpu(const at::Tenso
 
   const int64_t grad_size = f1 * cp;
   const int64_t out_size = targets * (1 + grad_size);
-  const int64_t blocks = (n + kBlock - 1) / kBlock;
-  int64_t per_chunk = kBlocksPerChunk;  // fewer, longer chunks when the partial buffers would pass ~32 MiB
-  const int64_t max_chunks = std::max<int64_t>(1, (int64_t(1) << 22) / std::max<int64_t>(1, out_size));
-  if ((blocks + per_chunk - 1) / per_chunk > max_chunks) per_chunk = (blocks + max_chunks - 1) / max_chunks;
-  const int64_t chunks = blocks == 0 ? 0 : (blocks + per_chunk - 1) / per_chunk;
-
-  auto partial = at::zeros({std::max<int64_t>(chunks, 1), out_size}, at::TensorOptions().dtype(at::kDouble));
-  double* part = partial.data_ptr<double>();
-  std::vector<char> bad(chunks, 0);
+  at::Tensor sums;
+  char flags = 0;
   AT_DISPATCH_FLOATING_TYPES(dtype, kOpOneHot, [&] {
     const OneHotProblem<scalar_t> p{codes.data_ptr<int64_t>(),
                                     wt.data_ptr<scalar_t>(),
@@ -909,22 +917,13 @@ std::tuple<at::Tensor, at::Tensor> logistic_onehot_loss_grad_cpu(const at::Tenso
 #if LQ_HAVE_AVX2_PATH
     if (use_avx2()) run = &onehot_chunk_avx2<scalar_t>;
 #endif
-    at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
-      run(p, ChunkRange{c0, c1, per_chunk, blocks, out_size, part, bad.data()});
-    });
+    std::tie(sums, flags) = run_chunked(run, p, n, out_size);
   });
-  char flags = 0;
-  for (char b : bad) flags |= b;
   TORCH_CHECK_VALUE(!(flags & 2), kOpOneHot, ": codes must lie in [0, F) = [0, ", f1 - 1,
                     "), F = weights.shape[2] - 1 the number of one-hot columns; got a code outside it");
   TORCH_CHECK_VALUE(!(flags & 1), kOpOneHot, ": labels must lie in [0, C) = [0, ", classes,
                     "), C = weights.shape[1] the number of classes; got a label outside it");
 
-  for (int64_t c = 1; c < chunks; ++c) {  // fixed order
-    const double* src = part + c * out_size;
-    for (int64_t i = 0; i < out_size; ++i) part[i] += src[i];
-  }
-  auto sums = partial[0];
   auto loss = sums.slice(0, 0, targets).to(dtype);
   auto grad = sums.slice(0, targets, out_size)
                   .view({targets, f1, cp})
