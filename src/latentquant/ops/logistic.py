@@ -47,6 +47,26 @@ def _dispatch_key(t: torch.Tensor) -> str:
     return "CUDA" if t.device.type == "cuda" else t.device.type.upper()
 
 
+def _check_ranks(
+    op: str,
+    first: str,
+    features: torch.Tensor,
+    weights: torch.Tensor,
+    labels: torch.Tensor,
+    sample_weight: torch.Tensor,
+) -> None:
+    """The rank checks both ops open with: ``features`` (named ``first``: x1t or codes) 2-D, weights 3-D,
+    labels and sample_weight 2-D."""
+    for name, t, rank in (
+        (first, features, 2),
+        ("weights", weights, 3),
+        ("labels", labels, 2),
+        ("sample_weight", sample_weight, 2),
+    ):
+        if t.dim() != rank:
+            raise ValueError(f"{op}: {name} must have {rank} dimensions, got shape {list(t.shape)}")
+
+
 def _check_targets(
     op: str, first: str, n: int, weights: torch.Tensor, labels: torch.Tensor, sample_weight: torch.Tensor
 ) -> None:
@@ -77,14 +97,7 @@ def _check_ref_inputs(
     """On the oracle path, the shape and dtype errors the kernel raises (the label range is not checked:
     that would synchronize a GPU on every call)."""
     op = _OP
-    for name, t, rank in (
-        ("x1t", x1t, 2),
-        ("weights", weights, 3),
-        ("labels", labels, 2),
-        ("sample_weight", sample_weight, 2),
-    ):
-        if t.dim() != rank:
-            raise ValueError(f"{op}: {name} must have {rank} dimensions, got shape {list(t.shape)}")
+    _check_ranks(op, "x1t", x1t, weights, labels, sample_weight)
     if weights.dtype in (torch.float32, torch.float64) and x1t.dtype != weights.dtype:
         raise ValueError(f"{op}: x1t must have weights' dtype {weights.dtype}, got {x1t.dtype}")
     _check_targets(op, "x1t", x1t.shape[1], weights, labels, sample_weight)
@@ -102,14 +115,7 @@ def _check_onehot_ref_inputs(
     """On the oracle path, the shape and dtype errors the one-hot kernel raises (no range checks: that would
     synchronize a GPU on every call)."""
     op = _OP_ONEHOT
-    for name, t, rank in (
-        ("codes", codes, 2),
-        ("weights", weights, 3),
-        ("labels", labels, 2),
-        ("sample_weight", sample_weight, 2),
-    ):
-        if t.dim() != rank:
-            raise ValueError(f"{op}: {name} must have {rank} dimensions, got shape {list(t.shape)}")
+    _check_ranks(op, "codes", codes, weights, labels, sample_weight)
     if codes.dtype != torch.int64:
         raise ValueError(f"{op}: codes must be int64, got {codes.dtype}")
     if weights.shape[2] < 1:
