@@ -132,3 +132,20 @@ def build_cache(
     if cached is None:
         raise ValueError(f"{path}: the cache just written does not read back")
     return cached
+
+
+def ensure_cache(
+    path: Path,
+    shape: tuple[int, ...],
+    source: Path,
+    fill: Callable[[int, int], np.ndarray],
+    chunk: int,
+    name: str,
+    progress: bool | None = None,
+) -> np.memmap:
+    """The valid cache at ``path`` (see :func:`open_cache`), built first by :func:`build_cache` (same
+    arguments) when it is missing, damaged or stale. Returns it memory-mapped read-only, uint8 ``shape``."""
+    cached = open_cache(path, shape, source)
+    if cached is None:
+        cached = build_cache(path, shape, source, fill, chunk, name, progress)
+    return cached

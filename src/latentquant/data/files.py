@@ -39,7 +39,7 @@ import torch
 
 from latentquant.data import dsprites, shapes3d
 from latentquant.data.base import GroundTruthDataset
-from latentquant.data.cache import build_cache, cache_file, open_cache
+from latentquant.data.cache import cache_file, ensure_cache
 from latentquant.data.npz import member_header, npz_keys, open_npz, read_member
 
 MPI3D_FACTOR_NAMES = (
@@ -303,17 +303,13 @@ class Shapes3DFile(_FileDataset):
 
     def build_cache(self) -> Path:
         """Decompress ``images`` into the cache now (normally done on first use); returns its path."""
-        if open_cache(self.cache_path, self._shape, self.path) is None:
-            build_cache(
-                self.cache_path,
-                self._shape,
-                self.path,
-                self._read_block,
-                self._CHUNK,
-                "shapes3d",
-                self.progress,
-            )
+        self._ensure_cache()
         return self.cache_path
+
+    def _ensure_cache(self) -> np.memmap:
+        return ensure_cache(
+            self.cache_path, self._shape, self.path, self._read_block, self._CHUNK, "shapes3d", self.progress
+        )
 
     def _images(self) -> np.ndarray | h5py.Dataset:
         if self.storage == "hdf5":
@@ -324,8 +320,7 @@ class Shapes3DFile(_FileDataset):
                     self.path, dtype=np.uint8, mode="r", offset=self._offset, shape=self._shape
                 )
             else:
-                self.build_cache()
-                self._array = open_cache(self.cache_path, self._shape, self.path)
+                self._array = self._ensure_cache()
         return self._array
 
     def __getstate__(self) -> dict:

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from latentquant.data.base import GroundTruthDataset
-from latentquant.data.cache import CACHE_ENV, build_cache, cache_file, open_cache
+from latentquant.data.cache import CACHE_ENV, cache_file, ensure_cache
 from latentquant.data.files import uint8_to_float
 
 __all__ = ["CACHE_ENV", "FALCOR3D", "ISAAC3D", "FolderSpec", "ImageFolderDataset", "resize_images"]
@@ -239,24 +239,23 @@ class ImageFolderDataset(GroundTruthDataset):
 
     def build_cache(self) -> Path:
         """Build (or reuse) the 64x64 cache; returns its path. Safe to run from several processes at once."""
-        if open_cache(self.cache_path, self._cache_shape, self.labels_path) is None:
-            build_cache(
-                self.cache_path,
-                self._cache_shape,
-                self.labels_path,
-                lambda start, stop: self._png_rows(np.arange(start, stop)),
-                _CHUNK,
-                self.name,
-                self.progress,
-            )
+        self._ensure_cache()
         return self.cache_path
+
+    def _ensure_cache(self) -> np.memmap:
+        return ensure_cache(
+            self.cache_path,
+            self._cache_shape,
+            self.labels_path,
+            lambda start, stop: self._png_rows(np.arange(start, stop)),
+            _CHUNK,
+            self.name,
+            self.progress,
+        )
 
     def _images(self) -> np.ndarray:
         if self._cache is None:
-            self._cache = open_cache(self.cache_path, self._cache_shape, self.labels_path)
-            if self._cache is None:
-                self.build_cache()
-                self._cache = open_cache(self.cache_path, self._cache_shape, self.labels_path)
+            self._cache = self._ensure_cache()
         return self._cache
 
     def _render(self, factors: torch.Tensor) -> torch.Tensor:
