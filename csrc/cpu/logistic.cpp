@@ -459,7 +459,7 @@ struct ChunkRange {
   char* bad;
 };
 
-template <typename T, int VB>
+template <int VB, typename T>
 LQ_INLINE void chunk_body(const Problem<T>& p, const ChunkRange& r) {
   Scratch<T> sc(p.f1, p.classes);
   const int64_t grad_size = p.classes * p.f1;
@@ -487,15 +487,16 @@ LQ_INLINE void chunk_body(const Problem<T>& p, const ChunkRange& r) {
   }
 }
 
-template <typename T>
-void chunk_generic(const Problem<T>& p, const ChunkRange& r) {
-  chunk_body<T, 16>(p, r);
+// One chunk range of either op (Problem or OneHotProblem: the chunk_body overloads), baseline and AVX2 copies.
+template <typename P>
+void chunk_generic(const P& p, const ChunkRange& r) {
+  chunk_body<16>(p, r);
 }
 
 #if LQ_HAVE_AVX2_PATH
-template <typename T>
-LQ_TARGET_AVX2 void chunk_avx2(const Problem<T>& p, const ChunkRange& r) {
-  chunk_body<T, 32>(p, r);
+template <typename P>
+LQ_TARGET_AVX2 void chunk_avx2(const P& p, const ChunkRange& r) {
+  chunk_body<32>(p, r);
 }
 
 bool use_avx2() {
@@ -542,10 +543,14 @@ void check_targets_and_device(const char* op, const at::Tensor& features, const 
 // Splits N samples into chunks of kBlocksPerChunk blocks (fewer, longer chunks when the partial buffers would
 // pass ~32 MiB), runs `run` on the chunks in parallel, each into its own (out_size) double partial buffer, and
 // adds the partials in chunk order: the partition depends only on N and out_size, so the results do not depend
-// on the number of threads. Returns the (out_size) double sums and the OR of the chunks' flags.
+// on the number of threads. The chunks run the AVX2 copy where use_avx2() allows. Returns the (out_size) double
+// sums and the OR of the chunks' flags.
 template <typename P>
-std::pair<at::Tensor, char> run_chunked(void (*run)(const P&, const ChunkRange&), const P& p, int64_t n,
-                                        int64_t out_size) {
+std::pair<at::Tensor, char> run_chunked(const P& p, int64_t n, int64_t out_size) {
+  auto run = &chunk_generic<P>;
+#if LQ_HAVE_AVX2_PATH
+  if (use_avx2()) run = &chunk_avx2<P>;
+#endif
   const int64_t blocks = (n + kBlock - 1) / kBlock;
   int64_t per_chunk = kBlocksPerChunk;
   const int64_t max_chunks = std::max<int64_t>(1, (int64_t(1) << 22) / std::max<int64_t>(1, out_size));
@@ -597,11 +602,7 @@ std::tuple<at::Tensor, at::Tensor> logistic_loss_grad_cpu(const at::Tensor& x1t_
   AT_DISPATCH_FLOATING_TYPES(weights.scalar_type(), kOp, [&] {
     const Problem<scalar_t> p{x1t.data_ptr<scalar_t>(), weights.data_ptr<scalar_t>(), labels.data_ptr<int64_t>(),
                               sample_weight.data_ptr<scalar_t>(), n, f1, targets, classes};
-    auto run = &chunk_generic<scalar_t>;
-#if LQ_HAVE_AVX2_PATH
-    if (use_avx2()) run = &chunk_avx2<scalar_t>;
-#endif
-    std::tie(sums, flags) = run_chunked(run, p, n, out_size);
+    std::tie(sums, flags) = run_chunked(p, n, out_size);
   });
   TORCH_CHECK_VALUE(flags == 0, kOp, ": labels must lie in [0, C) = [0, ", classes,
                     "), C = weights.shape[1] the number of classes; got a label outside it");
@@ -826,8 +827,8 @@ LQ_INLINE bool onehot_block_target(const OneHotProblem<T>& p, int64_t t, int64_t
 
 // Chunks [r.c0, r.c1): chunk c's loss (T) and gradient (T, F1, Cp) go to its own buffer out + c * out_size;
 // bad[c] is set on a label outside [0, C) (1) or a code outside [0, F) (2).
-template <typename T, int VB>
-LQ_INLINE void onehot_chunk_body(const OneHotProblem<T>& p, const ChunkRange& r) {
+template <int VB, typename T>
+LQ_INLINE void chunk_body(const OneHotProblem<T>& p, const ChunkRange& r) {
   OneHotScratch<T> sc(p.groups, p.f1, p.cp);
   const int64_t grad_size = p.f1 * p.cp, features = p.f1 - 1;
   for (int64_t c = r.c0; c < r.c1; ++c) {
@@ -851,18 +852,6 @@ LQ_INLINE void onehot_chunk_body(const OneHotProblem<T>& p, const ChunkRange& r)
     if (!labels_ok) r.bad[c] |= 1;
   }
 }
-
-template <typename T>
-void onehot_chunk_generic(const OneHotProblem<T>& p, const ChunkRange& r) {
-  onehot_chunk_body<T, 16>(p, r);
-}
-
-#if LQ_HAVE_AVX2_PATH
-template <typename T>
-LQ_TARGET_AVX2 void onehot_chunk_avx2(const OneHotProblem<T>& p, const ChunkRange& r) {
-  onehot_chunk_body<T, 32>(p, r);
-}
-#endif
 
 void check_onehot_inputs(const at::Tensor& codes, const at::Tensor& weights, const at::Tensor& labels,
                          const at::Tensor& sample_weight) {
@@ -913,11 +902,7 @@ std::tuple<at::Tensor, at::Tensor> logistic_onehot_loss_grad_cpu(const at::Tenso
                                     targets,
                                     classes,
                                     cp};
-    auto run = &onehot_chunk_generic<scalar_t>;
-#if LQ_HAVE_AVX2_PATH
-    if (use_avx2()) run = &onehot_chunk_avx2<scalar_t>;
-#endif
-    std::tie(sums, flags) = run_chunked(run, p, n, out_size);
+    std::tie(sums, flags) = run_chunked(p, n, out_size);
   });
   TORCH_CHECK_VALUE(!(flags & 2), kOpOneHot, ": codes must lie in [0, F) = [0, ", f1 - 1,
                     "), F = weights.shape[2] - 1 the number of one-hot columns; got a code outside it");
