@@ -23,6 +23,7 @@ float64; they are registered as the CUDA kernels of the ops.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import triton
@@ -409,20 +410,28 @@ def check_knn_inputs(op: str, x: torch.Tensor, y: torch.Tensor, n_neighbors: int
 
 def knn_mi_cd_triton(x: torch.Tensor, y: torch.Tensor, n_neighbors: int) -> torch.Tensor:
     """Ross (2014) MI of every (latent, source) pair on the GPU. Shapes: x (N, L, D) float64, y (N, S) int64 -> (L, S)."""
-    check_knn_inputs("knn_mi_cd", x, y, n_neighbors)
-    if x.shape[1] == 0 or y.shape[1] == 0:
-        return x.new_empty((x.shape[1], y.shape[1]))
-    with device_guard(x):
-        return _knn_mi_cd(x.contiguous(), y.contiguous(), n_neighbors)
+    return _every_pair("knn_mi_cd", _knn_mi_cd, x, y, n_neighbors)
 
 
 def knn_mi_cc_triton(x: torch.Tensor, y: torch.Tensor, n_neighbors: int) -> torch.Tensor:
     """KSG-1 (max-norm) MI of every pair on the GPU. Shapes: x (N, L, Dx), y (N, S, Dy) float64 -> (L, S)."""
-    check_knn_inputs("knn_mi_cc", x, y, n_neighbors)
+    return _every_pair("knn_mi_cc", _knn_mi_cc, x, y, n_neighbors)
+
+
+def _every_pair(
+    op: str,
+    estimate: Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    n_neighbors: int,
+) -> torch.Tensor:
+    """Checks ``op``'s inputs, then ``estimate(x, y, n_neighbors)`` on contiguous copies under x's device:
+    (L, S) estimates; an empty (L, S) result when there are no latents or no sources."""
+    check_knn_inputs(op, x, y, n_neighbors)
     if x.shape[1] == 0 or y.shape[1] == 0:
         return x.new_empty((x.shape[1], y.shape[1]))
     with device_guard(x):
-        return _knn_mi_cc(x.contiguous(), y.contiguous(), n_neighbors)
+        return estimate(x.contiguous(), y.contiguous(), n_neighbors)
 
 
 def _knn_mi_cd(x: torch.Tensor, y: torch.Tensor, n_neighbors: int) -> torch.Tensor:
