@@ -65,7 +65,7 @@ def open_cache(path: Path, shape: tuple[int, ...], source: Path) -> np.memmap | 
     return cached
 
 
-def build_cache(
+def ensure_cache(
     path: Path,
     shape: tuple[int, ...],
     source: Path,
@@ -74,7 +74,8 @@ def build_cache(
     name: str,
     progress: bool | None = None,
 ) -> np.memmap:
-    """Build the cache at ``path`` (uint8 ``shape``) from ``fill(start, stop)`` blocks, atomically.
+    """The valid cache at ``path`` (see :func:`open_cache`); when it is missing, damaged or stale, first build
+    it (uint8 ``shape``) from ``fill(start, stop)`` blocks, atomically.
 
     Args:
         path: the cache file (its folder is created).
@@ -87,6 +88,9 @@ def build_cache(
     Returns:
         the finished cache, memory-mapped read-only.
     """
+    cached = open_cache(path, shape, source)
+    if cached is not None:
+        return cached
     from numpy.lib.format import open_memmap
     from tqdm import tqdm
 
@@ -131,21 +135,4 @@ def build_cache(
     cached = open_cache(path, shape, source)
     if cached is None:
         raise ValueError(f"{path}: the cache just written does not read back")
-    return cached
-
-
-def ensure_cache(
-    path: Path,
-    shape: tuple[int, ...],
-    source: Path,
-    fill: Callable[[int, int], np.ndarray],
-    chunk: int,
-    name: str,
-    progress: bool | None = None,
-) -> np.memmap:
-    """The valid cache at ``path`` (see :func:`open_cache`), built first by :func:`build_cache` (same
-    arguments) when it is missing, damaged or stale. Returns it memory-mapped read-only, uint8 ``shape``."""
-    cached = open_cache(path, shape, source)
-    if cached is None:
-        cached = build_cache(path, shape, source, fill, chunk, name, progress)
     return cached
