@@ -253,6 +253,24 @@ def train_run(settings: dict[str, Any], run_dir: str, num_threads: int | None, p
     Returns:
         ``{"state": "complete" | "interrupted", "step": int, "metrics": {...}}``.
     """
+    # The task inherits an ignored SIGINT from its controller, and the training loop installs its own stop
+    # handler only once the run is set up: a Ctrl-C forwarded in between would be lost and the run would go
+    # on to its last step. Record such an early request here and turn it into a stop after the first step.
+    early_stop: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: early_stop.append(signum))
+    try:
+        return _train_run(settings, run_dir, num_threads, pid_file, early_stop)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _train_run(
+    settings: dict[str, Any],
+    run_dir: str,
+    num_threads: int | None,
+    pid_file: str | None,
+    early_stop: list[int],
+) -> dict:
     if pid_file is not None:
         if os.getpid() != os.getsid(0):
             os.setsid()
@@ -269,7 +287,16 @@ def train_run(settings: dict[str, Any], run_dir: str, num_threads: int | None, p
     if state == "new" and holds_run(Path(run_dir)):
         # a start that died before its first checkpoint: nothing to keep; train replaces it under its lock
         settings = {**settings, "overwrite": True}
-    result = train(settings, run_dir, resume=state == "resume", progress=False)
+
+    def stop_if_requested_early(step: int, losses: dict[str, float]) -> None:
+        if early_stop:
+            raise KeyboardInterrupt
+
+    if early_stop:  # asked to stop before the run started: leave it as it is
+        return {"state": "interrupted", "step": None, "metrics": {}}
+    result = train(
+        settings, run_dir, resume=state == "resume", progress=False, on_step=stop_if_requested_early
+    )
     metrics = {k: (result.metrics or {}).get(k) for k in ("infom", "infoe", "infoc", "psnr")}
     return {
         "state": "interrupted" if result.interrupted else "complete",
@@ -428,7 +455,8 @@ def run_sweep(
             return
         if result["state"] == "interrupted":
             report.interrupted.append(spec.name)
-            echo(f"stopped  {spec.name} at step {result['step']} (resumable)")
+            where = "before its first step" if result["step"] is None else f"at step {result['step']}"
+            echo(f"stopped  {spec.name} {where} (resumable)")
         else:
             report.completed.append(spec.name)
             shown = " ".join(f"{k}={v:.3f}" for k, v in result["metrics"].items() if v is not None)
