@@ -330,3 +330,39 @@ def test_train_run_restarts_a_run_that_died_before_its_first_checkpoint(tmp_path
     assert result["state"] == "complete" and result["step"] == 4
     assert (run_dir / "notes.txt").read_text() == "mine"  # only the run's own files were replaced
     assert train_run(settings, str(run_dir), 1, None)["step"] is None  # complete now: skipped
+
+
+@pytest.mark.parametrize("when", ["before the run starts", "while the loop sets up"])
+def test_train_run_keeps_a_ctrl_c_that_arrives_before_the_loop_handles_signals(tmp_path, monkeypatch, when):
+    """The sweep forwards Ctrl-C while a task may still be setting up (its inherited SIGINT is ignored
+    until the loop installs a handler): the request must stop the run (before it starts, or after its
+    first step with a checkpoint), not be lost."""
+    from latentquant.study import sweep
+    from latentquant.train import loop
+    from latentquant.train.checkpoint import load_checkpoint
+    from latentquant.train.config import parse_overrides
+    from latentquant.train.rundir import CHECKPOINT_NAME
+
+    module, name = (sweep, "run_state") if when == "before the run starts" else (loop, "make_model")
+    real = getattr(module, name)
+
+    def signalled(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, signalled)
+    run_dir = tmp_path / "qlae-shapes3d-seed0"
+    settings = {"model": "qlae", "dataset": "shapes3d", "seed": 0, **parse_overrides(TINY), "steps": 40}
+    # a submitit task inherits its controller's ignored SIGINT
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        result = sweep.train_run(settings, str(run_dir), 1, None)
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN  # the caller's handler is back
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert result["state"] == "interrupted"
+    if when == "before the run starts":
+        assert result["step"] is None and not run_dir.exists()
+    else:
+        assert result["step"] == 1
+        assert load_checkpoint(run_dir / CHECKPOINT_NAME).step == 1  # the checkpoint of the stop, resumable
