@@ -298,6 +298,10 @@ def test_local_sweep_ctrl_c_leaves_runs_resumable(tmp_path):
         text=True,
         env=env,
         start_new_session=True,
+        # Python leaves SIGINT ignored (no KeyboardInterrupt) when it starts with it ignored, as every
+        # background job of a non-interactive shell does (`cmd &`, nohup): give the sweep a terminal's default
+        restore_signals=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.time() + 300
     logs = [out / n / "log.jsonl" for n in ("qlae-shapes3d-seed0", "qlae-shapes3d-seed1")]
