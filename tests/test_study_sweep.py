@@ -203,11 +203,14 @@ def test_run_sweep_skips_complete_runs_and_reports_failures(tmp_path):
     assert any(line.startswith("FAILED") and "log:" in line for line in lines)
 
 
-def test_run_sweep_keeps_a_runs_own_num_threads(tmp_path):
-    specs = expand_grid(["qlae"], ["shapes3d"], [0], tmp_path, ["num_threads=3"])
+def test_run_sweep_caps_a_runs_num_threads_at_the_budget(tmp_path):
+    # demo.yaml pins num_threads: 2; two such runs at once on 2 cores oversubscribed them (< 0.6 steps/s)
+    specs = expand_grid(["qlae"], ["shapes3d"], [0, 1], tmp_path, ["num_threads=3"])
+    specs += expand_grid(["ae"], ["shapes3d"], [0], tmp_path, ["run.num_threads=1"])
     executor = _Executor(tmp_path, fail=set())
-    run_sweep(specs, executor, "local", max_parallel=2, num_threads=1, echo=lambda _: None)
-    assert executor.calls[0][0]["num_threads"] == 3
+    run_sweep(specs, executor, "local", max_parallel=2, num_threads=2, echo=lambda _: None)
+    threads = {Path(c[1]).name: c[0]["num_threads"] for c in executor.calls}
+    assert threads == {"qlae-shapes3d-seed0": 2, "qlae-shapes3d-seed1": 2, "ae-shapes3d-seed0": 1}
 
 
 def test_slurm_executor_parameters(tmp_path, monkeypatch):

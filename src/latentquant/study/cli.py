@@ -62,7 +62,7 @@ def register(subparsers: Any) -> None:
         "--max-parallel",
         type=int,
         help="runs at once (local default: 1; Slurm: the job array's parallelism, default unlimited); "
-        "local runs get cores // max-parallel threads each",
+        "local runs get cores // max-parallel threads each (a larger num_threads setting is lowered to it)",
     )
     sweep.add_argument(
         "--timeout-min", type=int, help="time limit per run in minutes (Slurm default: 3 days)"

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from latentquant.train import schema
 from latentquant.train.schema import split_sweep_values
 
 SUBMITIT_FOLDER = ".submitit"
@@ -315,6 +316,25 @@ def thread_budget(max_parallel: int, cores: int | None = None) -> int:
     return max(1, cores // max(1, max_parallel))
 
 
+def cap_threads(settings: dict[str, Any], num_threads: int | None) -> dict[str, Any]:
+    """A run's settings under the sweep's per-run thread budget ``num_threads`` (``None``: no budget).
+
+    The run's ``num_threads`` becomes the budget when it is unset or larger: a configuration written for
+    one process (``configs/demo.yaml`` pins 2 threads) must not oversubscribe the cores when the sweep runs
+    several at once (2 runs x 2 threads on 2 cores trained at < 0.6 steps/s, against ~5 each with 1
+    thread). A smaller ``num_threads`` is kept. The thread count is a resumable setting: it changes the
+    order of torch's float reductions (so the numbers of a seed), not what the run is; ``config.yaml``
+    records the value used.
+    """
+    flat = schema.flatten(settings)
+    if num_threads is None:
+        return flat
+    current = flat.get("num_threads")
+    if current is not None and int(current) <= num_threads:
+        return flat
+    return {**flat, "num_threads": num_threads}
+
+
 @contextmanager
 def _child_environment(num_threads: int | None) -> Iterator[None]:
     """While submitting local jobs: their controllers ignore SIGINT (inherited), and thread caps are set."""
@@ -440,9 +460,7 @@ def run_sweep(
         spec.run_dir.parent.mkdir(parents=True, exist_ok=True)
 
     def settings_of(spec: RunSpec) -> dict[str, Any]:
-        if num_threads is None or "num_threads" in spec.settings:
-            return spec.settings
-        return {**spec.settings, "num_threads": num_threads}
+        return cap_threads(spec.settings, num_threads)
 
     def collect(spec: RunSpec, job: Any) -> None:
         try:
