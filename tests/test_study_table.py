@@ -155,3 +155,44 @@ def test_cli_json_records_and_markdown(tmp_path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()
     assert main(["table", str(empty)]) == 2
+
+
+def _write_seeded_run(path, model, seed, infom, **settings):
+    path.mkdir(parents=True)
+    settings = {"model": model, "dataset": "shapes3d", "seed": seed, "num_threads": 1, **settings}
+    lines = [f"{k}: {v}" for k, v in settings.items()]
+    (path / "config.yaml").write_text("\n".join(lines) + "\n")
+    (path / "metrics.json").write_text(
+        json.dumps(
+            {"model": model, "dataset": "shapes3d", "infom": infom, "infoe": 0.5, "infoc": 0.5, "psnr": 30.0}
+        )
+    )
+
+
+def test_a_duplicated_seed_counts_once(tmp_path):
+    _write_seeded_run(tmp_path / "a" / "qlae-seed0", "qlae", 0, 0.6)
+    _write_seeded_run(tmp_path / "a" / "qlae-seed1", "qlae", 1, 0.8)
+    _write_seeded_run(tmp_path / "b" / "qlae-seed0-copy", "qlae", 0, 0.6)  # e.g. a copied run directory
+    runs, problems = collect_runs(tmp_path)
+    assert sorted(r.seed for r in runs) == [0, 1]
+    (problem,) = problems
+    assert problem.path.name == "qlae-seed0-copy" and "duplicate" in problem.reason
+    assert str(tmp_path / "a" / "qlae-seed0") in problem.reason
+    cell = _cell(compute_table(runs), "qlae", "shapes3d")
+    assert cell.n == 2 and cell.mean == pytest.approx(0.7)
+
+
+def test_runs_with_different_settings_get_their_own_rows(tmp_path):
+    # a swept lr must not pool into one entry; the thread count (incidental) does not split rows
+    for seed in (0, 1):
+        _write_seeded_run(tmp_path / f"lr3-{seed}", "qlae", seed, 0.6 + seed / 10, lr=0.001)
+        _write_seeded_run(tmp_path / f"lr4-{seed}", "qlae", seed, 0.2 + seed / 10, lr=0.0001)
+        _write_seeded_run(tmp_path / f"ae-{seed}", "ae", seed, 0.4)
+    _write_seeded_run(tmp_path / "ae-2", "ae", 2, 0.4, num_threads=2)
+    runs, problems = collect_runs(tmp_path)
+    assert problems == []
+    cells = compute_table(runs)
+    assert _cell(cells, "qlae (lr=0.001)", "shapes3d").mean == pytest.approx(0.65)
+    assert _cell(cells, "qlae (lr=0.0001)", "shapes3d").mean == pytest.approx(0.25)
+    assert _cell(cells, "ae", "shapes3d").n == 3
+    assert list(dict.fromkeys(c.model for c in cells)) == ["ae", "qlae (lr=0.0001)", "qlae (lr=0.001)"]

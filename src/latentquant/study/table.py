@@ -25,7 +25,7 @@ import io
 import json
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -49,21 +49,45 @@ MODEL_ORDER = (
     "qlae_no_wd",
     "vqvae",
     "vqvae_no_wd",
-    "infowgan_gp",
-    "qlinfowgan_gp",
-    "qlinfowgan_gp_no_wd",
+    "wgan",
+    "infowgan",
+    "qlinfowgan",
+    "qlinfowgan_no_wd",
 )
 DATASET_ORDER = ("shapes3d", "mpi3d", "falcor3d", "isaac3d", "dsprites")
+# Settings that do not change what a run computes (where, how fast, what it logs): runs that differ only in
+# these (and the seed) belong to one table entry. Every other setting that differs between the runs of a
+# model and dataset (a swept lr, another number of steps) splits the row: "qlae (lr=0.0003)".
+INCIDENTAL_SETTINGS = frozenset(
+    {
+        "seed",
+        "log_every",
+        "checkpoint_every",
+        "eval_every",
+        "device",
+        "compile",
+        "num_threads",
+        "logger",
+        "overwrite",
+    }
+)
 
 
 @dataclass(frozen=True)
 class RunMetrics:
-    """One finished run: where it is, what it trained, and its final metrics (``NaN`` where missing)."""
+    """One finished run: where it is, what it trained, and its final metrics (``NaN`` where missing).
+
+    ``model`` is the table row: the model's name, followed by the settings that set this run apart from
+    other runs of the model in the folder (``"qlae (lr=0.0003)"``); ``seed`` and ``settings`` come from
+    the run's ``config.yaml`` (``None`` / empty without one).
+    """
 
     path: Path
     model: str
     dataset: str
     values: dict[str, float]
+    seed: int | None = None
+    settings: dict[str, object] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -107,8 +131,10 @@ def t_quantile(n: int) -> float:
 
 
 def _order(names: Iterable[str], preferred: Sequence[str]) -> list[str]:
-    names = set(names)
-    return [n for n in preferred if n in names] + sorted(names - set(preferred))
+    """``names`` in the order of ``preferred`` (a row label ``"qlae (lr=...)"`` by its model ``qlae``), the
+    others after them, alphabetically."""
+    rank = {name: i for i, name in enumerate(preferred)}
+    return sorted(set(names), key=lambda n: (rank.get(n.split(" (", 1)[0], len(rank)), n))
 
 
 def _as_float(value: object) -> float:
@@ -149,8 +175,89 @@ def collect_runs(root: str | Path) -> tuple[list[RunMetrics], list[Problem]]:
         missing = [metric for metric, value in values.items() if not math.isfinite(value)]
         if missing:
             problems.append(Problem(run_dir, f"missing or non-finite metric(s) {missing}"))
-        runs.append(RunMetrics(run_dir, data["model"], data["dataset"], values))
-    return runs, problems
+        settings = _run_settings(run_dir, problems)
+        seed = settings.get("seed")
+        runs.append(
+            RunMetrics(
+                run_dir,
+                data["model"],
+                data["dataset"],
+                values,
+                seed if isinstance(seed, int) and not isinstance(seed, bool) else None,
+                settings,
+            )
+        )
+    runs = _label_rows(runs)
+    return _without_duplicates(runs, problems), problems
+
+
+def _run_settings(run_dir: Path, problems: list[Problem]) -> dict[str, object]:
+    """The flat settings in ``run_dir/config.yaml`` (empty, with a problem listed, when it is unreadable)."""
+    if not (run_dir / CONFIG_NAME).is_file():
+        return {}
+    from latentquant.train import schema
+    from latentquant.train.config import load_yaml_config
+
+    try:
+        return schema.flatten(load_yaml_config(run_dir / CONFIG_NAME))
+    except ValueError as err:
+        problems.append(
+            Problem(run_dir, f"unreadable {CONFIG_NAME} ({err}): its seed and settings are unknown")
+        )
+        return {}
+
+
+def _setting_text(value: object) -> str:
+    if isinstance(value, dict):
+        return ",".join(f"{k}={_setting_text(v)}" for k, v in sorted(value.items()))
+    return str(value)
+
+
+def _label_rows(runs: list[RunMetrics]) -> list[RunMetrics]:
+    """Give each run its row label: the model's name plus every setting (other than
+    :data:`INCIDENTAL_SETTINGS`) whose value differs between the runs of that model on one dataset, so
+    that runs of different settings never pool into one entry. A setting a run's ``config.yaml`` lacks
+    counts as a value of its own (``<unset>``)."""
+    groups: dict[tuple[str, str], list[RunMetrics]] = {}
+    for run in runs:
+        groups.setdefault((run.model, run.dataset), []).append(run)
+    varying: dict[str, set[str]] = {}
+    for (model, _), members in groups.items():
+        keys = set().union(*(m.settings for m in members)) - INCIDENTAL_SETTINGS
+        for key in keys:
+            if len({_setting_text(m.settings.get(key, "<unset>")) for m in members}) > 1:
+                varying.setdefault(model, set()).add(key)
+    labelled = []
+    for run in runs:
+        keys = sorted(varying.get(run.model, ()))
+        if keys:
+            parts = ", ".join(f"{k}={_setting_text(run.settings.get(k, '<unset>'))}" for k in keys)
+            run = replace(run, model=f"{run.model} ({parts})")
+        labelled.append(run)
+    return labelled
+
+
+def _without_duplicates(runs: list[RunMetrics], problems: list[Problem]) -> list[RunMetrics]:
+    """Drop a run whose row, dataset and seed repeat an earlier run's (a copied run directory, the same run
+    trained twice into two folders): one seed must count once. The first in path order is kept; each
+    dropped run is listed as a problem naming the run it repeats."""
+    first: dict[tuple[str, str, int], Path] = {}
+    kept = []
+    for run in runs:
+        if run.seed is not None:
+            key = (run.model, run.dataset, run.seed)
+            if key in first:
+                problems.append(
+                    Problem(
+                        run.path,
+                        f"duplicate: same model, dataset, settings and seed {run.seed} as {first[key]}; "
+                        "counted once",
+                    )
+                )
+                continue
+            first[key] = run.path
+        kept.append(run)
+    return kept
 
 
 def _summary(values: np.ndarray, ddof: int) -> tuple[float, float, float]:
