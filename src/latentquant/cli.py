@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from typing import Any
 
@@ -87,6 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Commands that compute on the CPU (or start processes that do) and run with latentquant's OpenMP wait
+# policy (latentquant._openmp: a short spin, so that training holds its speed beside other processes).
+OPENMP_COMMANDS = frozenset({"train", "evaluate", "metrics", "sweep"})
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     # key=value overrides may stand anywhere, also after flags: argparse's positional list takes the first
@@ -97,6 +103,13 @@ def main(argv: list[str] | None = None) -> int:
             parser.parse_args(argv)  # reports the unrecognized arguments and exits with status 2
         args.overrides = [*args.overrides, *extra]
     args.argv = list(sys.argv[1:] if argv is None else argv)  # e.g. to relaunch the command under torchrun
+    if argv is None and args.command in OPENMP_COMMANDS:  # the program, not a call from Python
+        from latentquant import _openmp
+
+        if args.command == "sweep":  # the runs it starts inherit the environment
+            _openmp.apply_default(os.environ)
+        elif not getattr(args, "print_config", False):
+            _openmp.reexec_with_default(args.argv)
     try:
         result = args.func(args)
     except (UsageError, ValueError, FileNotFoundError, IsADirectoryError, PermissionError) as err:

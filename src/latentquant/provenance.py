@@ -6,6 +6,7 @@ Recorded in every ``metrics.json`` a training or evaluation writes, in reports a
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 from pathlib import Path
@@ -57,7 +58,9 @@ def provenance(device: torch.device | str = "cpu", wall_time_s: float | None = N
     Returns:
         ``latentquant_version``, ``git_commit`` (None outside a checkout), ``torch_version``, ``python_version``,
         ``platform``, ``device``, ``num_threads`` (torch's intra-op threads), ``cpu_capability`` (the SIMD level
-        torch picked its CPU kernels for, e.g. "AVX2", "AVX512": CPU results differ between levels), and
+        torch picked its CPU kernels for, e.g. "AVX2", "AVX512": CPU results differ between levels),
+        ``openmp_wait`` (the process's ``OMP_WAIT_POLICY`` / ``GOMP_SPINCOUNT``, ``None`` where unset: they
+        change the speed beside other processes, never the numbers; see ``latentquant._openmp``), and
         ``wall_time_s`` when given.
     """
     from latentquant import __version__
@@ -71,6 +74,7 @@ def provenance(device: torch.device | str = "cpu", wall_time_s: float | None = N
         "device": device_name(device),
         "num_threads": torch.get_num_threads(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "openmp_wait": {name: os.environ.get(name) for name in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")},
     }
     if wall_time_s is not None:
         out["wall_time_s"] = round(float(wall_time_s), 3)
