@@ -143,7 +143,10 @@ def _sweep(args: argparse.Namespace) -> int:
         name, sep, value = item.partition(":")
         if not sep or not name:
             raise UsageError(f"--slurm expects NAME:VALUE, got {item!r}")
-        slurm_args[name if name.startswith("slurm_") else f"slurm_{name}"] = value
+        # numbers as numbers (submitit computes with e.g. array_parallelism, signal_delay_s)
+        slurm_args[name if name.startswith("slurm_") else f"slurm_{name}"] = (
+            int(value) if value.isdigit() else value
+        )
     local = args.launcher == "local"
     max_parallel = args.max_parallel or (1 if local else None)
     executor = make_executor(

@@ -29,6 +29,12 @@ from latentquant.train import schema
 from latentquant.train.schema import split_sweep_values
 
 SUBMITIT_FOLDER = ".submitit"
+SLURM_JOBS_FILE = "slurm_jobs.json"  # in the submitit folder: run name -> the Slurm job last submitted for it
+# Slurm states of a job that may still run (anything else has ended, or sacct does not know the job)
+_SLURM_ACTIVE = frozenset(
+    "PENDING RUNNING REQUEUED REQUEUE_HOLD REQUEUE_FED COMPLETING CONFIGURING SUSPENDED RESIZING SIGNALING "
+    "STAGE_OUT STOPPED".split()
+)
 _NAME_UNSAFE = re.compile(r"[^A-Za-z0-9._=+-]")
 _POLL_SECONDS = 0.5
 
@@ -58,6 +64,7 @@ class SweepReport:
     failed: dict[str, str] = field(default_factory=dict)
     not_started: list[str] = field(default_factory=list)
     submitted: dict[str, str] = field(default_factory=dict)
+    queued: dict[str, str] = field(default_factory=dict)  # Slurm: still in the queue from an earlier sweep
 
 
 # ------------------------------------------------------------------------------------------- the grid
@@ -257,12 +264,24 @@ def train_run(settings: dict[str, Any], run_dir: str, num_threads: int | None, p
     # The task inherits an ignored SIGINT from its controller, and the training loop installs its own stop
     # handler only once the run is set up: a Ctrl-C forwarded in between would be lost and the run would go
     # on to its last step. Record such an early request here and turn it into a stop after the first step.
+    # On Slurm, the job's time limit is announced by submitit's signal (``#SBATCH --signal=USR2@90``: 90 s
+    # ahead). submitit's own handler would raise out of the training step (train_run is not checkpointable
+    # in submitit's sense) and lose the steps since the last periodic checkpoint: the signal stops the run
+    # after its current step with a checkpoint instead, and the next sweep resumes it.
     early_stop: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: early_stop.append(signum))
+    stop_signals = (signal.SIGINT, _submitit_signal())
+    previous = {s: signal.signal(s, lambda signum, frame: early_stop.append(signum)) for s in stop_signals}
     try:
         return _train_run(settings, run_dir, num_threads, pid_file, early_stop)
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _submitit_signal() -> int:
+    """The signal submitit's Slurm jobs get ahead of their time limit (``SUBMITIT_PREEMPT_SIGNAL``, USR2)."""
+    name = os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2")
+    return getattr(signal, f"SIG{name}", signal.SIGUSR2)
 
 
 def _train_run(
@@ -413,10 +432,31 @@ def make_executor(
 
 
 def _log_path(job: Any) -> str:
-    for path in (job.paths.stdout, job.paths.stderr):
-        if Path(path).exists():
-            return str(path)
+    """The log holding a job's traceback: its stderr file where it has one (Slurm), else its stdout
+    (the local executor writes both streams there)."""
+    stderr = Path(job.paths.stderr)
+    if stderr.is_file() and stderr.stat().st_size > 0:
+        return str(stderr)
     return str(job.paths.stdout)
+
+
+_TRACE = re.compile(r"\n-{22}\n(.*)\n-{22}\n", re.DOTALL)
+
+
+def _failure_reason(err: BaseException) -> str:
+    """One line on why a job failed: the exception line of the run's traceback (submitit's
+    ``FailedJobError`` wraps it between dashed lines, followed by lines naming the log files), or, for a
+    job that ended without a result (killed, cancelled, out of memory), submitit's first line and the
+    job's final state."""
+    text = str(err).strip()
+    trace = _TRACE.search(text)
+    if trace is not None:
+        text = trace[1]
+    elif "has not produced any output" in text:
+        state = re.search(r"\(state: ([^)]*)\)", text)
+        return f"the job ended without a result (state: {state[1] if state else 'unknown'})"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else type(err).__name__
 
 
 def _signal_task(pid_file: Path) -> None:
@@ -466,8 +506,7 @@ def run_sweep(
         try:
             result = job.result()
         except Exception as err:  # noqa: BLE001  (a failed run must not stop the others)
-            message = str(err).strip().splitlines()
-            reason = message[-1] if message else type(err).__name__
+            reason = _failure_reason(err)
             report.failed[spec.name] = f"{reason} (log: {_log_path(job)})"
             echo(f"FAILED   {spec.name}: {reason}\n         log: {_log_path(job)}")
             return
@@ -481,14 +520,26 @@ def run_sweep(
             echo(f"done     {spec.name} {shown}")
 
     if launcher != "local":
-        with executor.batch():
-            jobs = [
-                (spec, executor.submit(train_run, settings_of(spec), str(spec.run_dir), None, None))
-                for spec in todo
-            ]
+        folder = Path(executor.folder)
+        queued = _queued_slurm_jobs(folder, todo, echo)
+        jobs = [(spec, queued[spec.name]) for spec in todo if spec.name in queued]
         for spec, job in jobs:
-            report.submitted[spec.name] = str(job.job_id)
-            echo(f"submitted {spec.name} as job {job.job_id} (log: {job.paths.stdout})")
+            report.queued[spec.name] = str(job.job_id)
+            echo(
+                f"queued   {spec.name}: job {job.job_id} of an earlier sweep is {job.state}, not submitted again"
+            )
+        to_submit = [spec for spec in todo if spec.name not in queued]
+        if to_submit:
+            with executor.batch():
+                new = [
+                    (spec, executor.submit(train_run, settings_of(spec), str(spec.run_dir), None, None))
+                    for spec in to_submit
+                ]
+            _record_slurm_jobs(folder, {spec.name: str(job.job_id) for spec, job in new})
+            for spec, job in new:
+                report.submitted[spec.name] = str(job.job_id)
+                echo(f"submitted {spec.name} as job {job.job_id} (log: {job.paths.stdout})")
+            jobs += new
         if wait:
             try:
                 for spec, job in jobs:
@@ -539,12 +590,56 @@ def run_sweep(
     return report
 
 
+def _read_slurm_jobs(folder: Path) -> dict[str, str]:
+    import json
+
+    try:
+        data = json.loads((folder / SLURM_JOBS_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+
+def _record_slurm_jobs(folder: Path, jobs: Mapping[str, str]) -> None:
+    """Adds ``run name -> job id`` to the sweep's record of submitted Slurm jobs (written atomically)."""
+    import json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    record = {**_read_slurm_jobs(folder), **jobs}
+    tmp = folder / f".{SLURM_JOBS_FILE}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(record, indent=1, sort_keys=True))
+    os.replace(tmp, folder / SLURM_JOBS_FILE)
+
+
+def _queued_slurm_jobs(folder: Path, specs: Sequence[RunSpec], echo: Callable[[str], None]) -> dict[str, Any]:
+    """The runs of ``specs`` whose Slurm job from an earlier sweep (``--no-wait``, or a sweep that stopped
+    waiting) is still pending or running, as submitit jobs to wait for instead of submitting them again
+    (a second job would train the same run directory). One ``sacct`` call for all of them."""
+    recorded = _read_slurm_jobs(folder)
+    candidates = {spec.name: recorded[spec.name] for spec in specs if spec.name in recorded}
+    if not candidates:
+        return {}
+    from submitit.slurm.slurm import SlurmJob
+
+    jobs = {name: SlurmJob(folder=folder, job_id=job_id) for name, job_id in candidates.items()}
+    SlurmJob.watcher.update()
+    queued: dict[str, Any] = {}
+    for name, job in jobs.items():
+        state = SlurmJob.watcher.get_state(job.job_id, mode="cache")
+        if state.split()[0].upper() in _SLURM_ACTIVE:
+            queued[name] = job
+        elif state != "UNKNOWN":
+            echo(f"earlier  {name}: job {job.job_id} ended {state} (log: {_log_path(job)})")
+    return queued
+
+
 def summarize(report: SweepReport, total: int, command: str) -> str:
     """The closing lines of ``latentquant sweep``."""
     lines = [
         f"{total} runs: {len(report.skipped)} already complete, {len(report.completed)} completed now, "
         f"{len(report.interrupted)} interrupted, {len(report.failed)} failed, {len(report.not_started)} not started"
         + (f", {len(report.submitted)} submitted" if report.submitted else "")
+        + (f", {len(report.queued)} already queued by an earlier sweep" if report.queued else "")
     ]
     for name, reason in report.failed.items():
         lines.append(f"  failed: {name}: {reason}")
