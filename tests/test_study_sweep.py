@@ -290,6 +290,52 @@ def test_local_sweep_runs_skips_and_resumes(tmp_path):
 
 
 @pytest.mark.heavy
+def test_local_sweep_sigterm_stops_its_runs_resumable(tmp_path):
+    """`kill PID` of the sweep alone (not its process group): its runs stop with a checkpoint instead of
+    training on as orphans that hold their directories' locks (fails on the sweep without the handler)."""
+    out = tmp_path / "study"
+    proc = subprocess.Popen(
+        _sweep_command(out, 100_000, seeds="0,1"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        start_new_session=True,
+    )
+    names = ("qlae-shapes3d-seed0", "qlae-shapes3d-seed1")
+    deadline = time.time() + 300
+    while time.time() < deadline and not all(
+        (out / n / "log.jsonl").is_file() and (out / n / "log.jsonl").read_text() for n in names
+    ):
+        time.sleep(0.5)
+    pids = [int((out / ".submitit" / f"{n}.task.pid").read_text()) for n in names]
+    proc.send_signal(signal.SIGTERM)
+    text, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 130, text
+    assert "2 interrupted" in text and "2 not started" in text, text
+    deadline = time.time() + 30
+    while time.time() < deadline and any(_alive(pid) for pid in pids):
+        time.sleep(0.2)
+    assert not any(_alive(pid) for pid in pids), "a run kept training after the sweep was terminated"
+    from latentquant.train.checkpoint import load_checkpoint
+
+    for name in names:
+        assert 0 < load_checkpoint(out / name / "checkpoint.safetensors").step < 100_000
+        assert run_state(out / name, {"model": "qlae", "steps": 100_000}) == "resume"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie (exited, not yet reaped by its submitit parent) is not training
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.heavy
 def test_local_sweep_ctrl_c_leaves_runs_resumable(tmp_path):
     out = tmp_path / "study"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}

@@ -18,6 +18,7 @@ import os
 import re
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -551,6 +552,40 @@ def run_sweep(
                 )
         return report
 
+    with _terminate_as_interrupt():
+        return _run_local(todo, executor, max_parallel, num_threads, settings_of, collect, report, echo)
+
+
+@contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """While a local sweep runs, SIGTERM (``kill PID``, a scheduler ending the job that runs the sweep) acts
+    as Ctrl-C: the runs are told to stop after their step with a checkpoint, and the sweep waits for them.
+    Without it the sweep died at once and left its runs training as orphans that hold their directories'
+    locks (seen: two runs went on after ``kill``, and a new sweep on the folder could not start them)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run_local(
+    todo: list[RunSpec],
+    executor: Any,
+    max_parallel: int,
+    num_threads: int | None,
+    settings_of: Callable[[RunSpec], dict[str, Any]],
+    collect: Callable[[RunSpec, Any], None],
+    report: SweepReport,
+    echo: Callable[[str], None],
+) -> SweepReport:
     folder = Path(executor.folder)
     queue = list(todo)
     running: list[tuple[RunSpec, Any, Path]] = []
@@ -577,7 +612,7 @@ def run_sweep(
             stopping += 1
             if stopping == 1:
                 echo(
-                    "Ctrl-C: stopping the running runs at their next step (checkpoint written); "
+                    "Ctrl-C (or SIGTERM): stopping the running runs at their next step (checkpoint written); "
                     "Ctrl-C again to stop waiting."
                 )
             for _, _, pid_file in running:
