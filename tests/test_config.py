@@ -92,7 +92,7 @@ def test_overrides_by_either_name():
 @pytest.mark.parametrize(
     ("items", "message"),
     [
-        (["encoder.depth=3"], r"unknown setting 'encoder.depth'; valid settings are \[.*'encoder.name'"),
+        (["encoder.layers=3"], r"unknown setting 'encoder.layers'; valid settings are \[.*'encoder.name'"),
         (["optim.learning_rate=1"], "unknown setting 'optim.learning_rate'"),
         (["seed=0,1,2"], "that is a sweep; run it with latentquant sweep"),
         (["optim.lr=1e-3,3e-4"], "that is a sweep"),
@@ -109,7 +109,7 @@ def test_override_errors(items, message):
         ({"optim": {"lr": "fast"}}, "'lr' must be a finite number"),
         ({"data": {"batch_size": 0}}, "'batch_size' must be >= 1"),
         ({"run": {"amp": "yes"}}, "'amp' must be true or false"),
-        ({"encoder": {"depth": 3}}, r"unknown setting\(s\) \['encoder.depth'\]"),
+        ({"encoder": {"layers": 3}}, r"unknown setting\(s\) \['encoder.layers'\]"),
         ({"optim": 3}, r"unknown setting\(s\) \['optim'\]"),
     ],
 )
@@ -148,8 +148,8 @@ def test_print_config_with_overrides_after_flags(tmp_path, capsys):
 
 
 def test_cli_errors_name_the_setting(tmp_path, capsys):
-    assert main(["train", "--out", str(tmp_path / "r"), "encoder.depth=3"]) == 2
-    assert "unknown setting 'encoder.depth'" in capsys.readouterr().err
+    assert main(["train", "--out", str(tmp_path / "r"), "encoder.layers=3"]) == 2
+    assert "unknown setting 'encoder.layers'" in capsys.readouterr().err
     assert main(["train", "--out", str(tmp_path / "r"), "--seed", "1", "seed=0,1"]) == 2
     assert "latentquant sweep" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:

@@ -27,13 +27,18 @@ from latentquant.zoo import (
 
 
 def _to_dict(self: Any) -> dict[str, Any]:
-    """Plain-data copy with flat names (as checkpoints and exports store it)."""
-    return dataclasses.asdict(self)
+    """Plain-data copy with flat names (as ``config.yaml``, checkpoints and exports store it); the settings of
+    :data:`schema.STORED_WHEN_SET` only when they are set (not null)."""
+    return {
+        key: value
+        for key, value in dataclasses.asdict(self).items()
+        if not (value is None and key in schema.STORED_WHEN_SET)
+    }
 
 
 def _to_nested(self: Any) -> dict[str, Any]:
-    """Plain-data copy in the schema's nested groups (as ``config.yaml`` and ``--print-config`` show it)."""
-    return schema.nest(dataclasses.asdict(self))
+    """Plain-data copy in the schema's nested groups (of the settings ``to_dict`` holds)."""
+    return schema.nest(_to_dict(self))
 
 
 def _field(leaf: schema.Leaf) -> Any:
@@ -71,6 +76,7 @@ _INT_FIELDS = _flat_names(int)
 _FLOAT_FIELDS = _flat_names(float)
 _BOOL_FIELDS = _flat_names(bool)
 _STR_FIELDS = _flat_names(str)
+_LIST_FIELDS = {leaf.flat for leaf in schema.LEAVES if typing.get_origin(_base_type(leaf.type)) is list}
 _NULLABLE = {leaf.flat for leaf in schema.LEAVES if leaf.default is None}
 _POSITIVE = {leaf.flat for leaf in schema.LEAVES if leaf.minimum == 1}
 
@@ -116,9 +122,10 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
             raise ValueError(f"override {item!r} is not of the form key=value")
         flat = schema.flat_key(key)
         if len(schema.split_sweep_values(raw)) > 1 and flat != "data_path":
+            hint = f" (a list is written in brackets: {key}=[{raw.strip()}])" if flat in _LIST_FIELDS else ""
             raise ValueError(
                 f"override {item!r} gives several values: that is a sweep; run it with latentquant sweep "
-                f"(e.g. latentquant sweep ... {item}), or give one value here"
+                f"(e.g. latentquant sweep ... {item}), or give one value here{hint}"
             )
         try:
             value = _number(yaml.safe_load(raw)) if raw.strip() else None
@@ -183,11 +190,59 @@ def _coerce(key: str, value: Any) -> Any:
         if not isinstance(value, str):
             raise ValueError(f"setting {key!r} must be a string, got {value!r}")
         return value
+    if key in _LIST_FIELDS:
+        return _int_list(key, value)
     if key == "model_args":
         if not isinstance(value, Mapping):
             raise ValueError(f"setting 'model_args' must be a mapping, got {value!r}")
         return dict(value)
     raise ValueError(f"unknown setting {key!r}")
+
+
+def _int_list(key: str, value: Any) -> list[int]:
+    """An architecture size list (``encoder_widths``, ...): integers >= 1 (the conv widths: at least one)."""
+    name = schema.FLAT_TO_DOTTED[key]
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(
+            f"setting {name!r} ({key}) must be a list of integers, e.g. {name}=[16,32,64], or null; got {value!r}"
+        )
+    out = []
+    for item in value:
+        item = _number(item)
+        if isinstance(item, bool) or not isinstance(item, (int, float)) or not float(item).is_integer():
+            raise ValueError(f"setting {name!r} ({key}) must be a list of integers, got {list(value)!r}")
+        if item < 1:
+            raise ValueError(f"setting {name!r} ({key}) must hold integers >= 1, got {list(value)!r}")
+        out.append(int(item))
+    if not out and not key.endswith("dense_widths"):
+        raise ValueError(
+            f"setting {name!r} ({key}) must not be empty (at least one block); null keeps the named network's"
+        )
+    return out
+
+
+def architecture_specs(config: Any) -> tuple[Any, Any]:
+    """The encoder and decoder layouts (``EncoderSpec``, ``DecoderSpec``) of a configuration: its named
+    networks resized by the architecture settings (:func:`latentquant.zoo.encoders.encoder_spec`,
+    :func:`latentquant.zoo.decoders.decoder_spec`).
+
+    Raises:
+        ValueError: an unknown name or sizes that do not fit (naming the settings).
+    """
+    from latentquant.zoo.decoders import decoder_spec
+    from latentquant.zoo.encoders import encoder_spec
+
+    encoder = encoder_spec(
+        config.encoder, config.encoder_widths, config.encoder_dense_widths, config.encoder_depth
+    )
+    decoder = decoder_spec(
+        config.decoder,
+        config.decoder_widths,
+        config.decoder_dense_widths,
+        config.decoder_depth,
+        config.decoder_input_channels,
+    )
+    return encoder, decoder
 
 
 # InfoMEC's k-NN mutual-information estimator (k = 3, standalone convention k = 10, per factor value) and
@@ -292,6 +347,7 @@ def resolve_config(settings: Mapping[str, Any], num_factors: int | None = None) 
         raise ValueError(f"encoder: unknown encoder {config.encoder!r}; choose one of {sorted(ENCODERS)}")
     if config.decoder not in DECODERS:
         raise ValueError(f"decoder: unknown decoder {config.decoder!r}; choose one of {sorted(DECODERS)}")
+    architecture_specs(config)  # widths / depth that disagree (the image size is checked with the model)
     if config.infomec_convention not in ("paper", "standalone"):
         raise ValueError(
             f"infomec_convention must be 'paper' or 'standalone', got {config.infomec_convention!r}"

@@ -15,8 +15,9 @@ import torch
 from latentquant.data import get_dataset
 from latentquant.metrics import plot_nmi
 from latentquant.provenance import provenance
+from latentquant.train import schema
 from latentquant.train.checkpoint import load_checkpoint, restore_model
-from latentquant.train.config import TrainConfig, parse_device, resolve_config
+from latentquant.train.config import TrainConfig, architecture_specs, parse_device, resolve_config
 from latentquant.train.evaluate import Evaluation, evaluate_model, evaluation_factors
 from latentquant.train.report import plot_losses, plot_reconstructions, plot_traversals, write_html
 from latentquant.train.rundir import (
@@ -88,10 +89,17 @@ def build_run_model(
     """The zoo model a resolved configuration describes, for images of ``image_shape (C, H, W)``.
 
     ``dataset_size`` fills a model argument ``dataset_size: null`` (β-TCVAE's minibatch-weighted sampling).
+    The encoder and decoder are the named ones resized by the architecture settings (``encoder.widths``,
+    ``encoder.depth``, ...: :func:`latentquant.train.config.architecture_specs`); all of them null: the named
+    networks as they are.
 
     Raises:
-        ValueError: a model argument the model rejects (the message names ``model_args``).
+        ValueError: architecture settings whose total stride does not divide the image size (naming them), or
+            a model argument the model rejects (the message names ``model_args``).
     """
+    encoder, decoder = architecture_specs(config)
+    _check_total_stride("encoder", config, encoder.total_stride, len(encoder.strides), image_shape)
+    _check_total_stride("decoder", config, decoder.total_stride, len(decoder.strides), image_shape)
     args = dict(config.model_args)
     if "dataset_size" in args and args["dataset_size"] is None:
         args["dataset_size"] = dataset_size
@@ -100,12 +108,31 @@ def build_run_model(
             config.model,
             int(config.num_latents),
             image_shape,
-            encoder=config.encoder,
-            decoder=config.decoder,
+            encoder=encoder,
+            decoder=decoder,
             **args,
         )
     except (TypeError, ValueError) as err:
         raise ValueError(f"model_args of model {config.model!r} ({args}): {err}") from err
+
+
+def _check_total_stride(
+    part: str, config: TrainConfig, total_stride: int, blocks: int, image_shape: tuple[int, int, int]
+) -> None:
+    height, width = image_shape[1], image_shape[2]
+    if height % total_stride == 0 and width % total_stride == 0:
+        return
+    sizes = {
+        key: value
+        for key in schema.FLAT_TO_DOTTED
+        if key.startswith(f"{part}_") and (value := getattr(config, key)) is not None
+    }
+    given = ", ".join(f"{schema.FLAT_TO_DOTTED[key]}={value}" for key, value in sizes.items())
+    raise ValueError(
+        f"{part} {getattr(config, part)!r}{f' with {given}' if given else ''}: its {blocks} blocks have total "
+        f"stride {total_stride}, which does not divide the image size {height}x{width}; choose a depth or "
+        f"widths whose strides multiply to a divisor of {height} and {width}"
+    )
 
 
 def make_model(config: TrainConfig, dataset: Any) -> Autoencoder:

@@ -11,7 +11,19 @@ mappings) and may be mixed; :func:`flatten` maps any of them to flat names (this
 accepts a plain value as its name: ``model=ae``, ``encoder=tiny``.
 
 Adding a setting: a field (type, default, one-line help) in its group below and its flat name in
-:data:`FLAT_TO_DOTTED`; ``TrainConfig``, the CLI listing, ``--print-config`` and the validation follow.
+:data:`FLAT_TO_DOTTED`; ``TrainConfig``, the CLI listing, ``--print-config`` and the validation follow. A
+setting with a null default that changes nothing unless set can go in :data:`STORED_WHEN_SET`, so that run
+directories written before it existed keep comparing equal to new runs.
+
+Architecture sizes. ``encoder.name`` / ``decoder.name`` pick a named network; ``encoder.widths``,
+``encoder.depth``, ``encoder.dense_widths`` (and ``decoder.widths``, ``decoder.depth``, ``decoder.dense_widths``,
+``decoder.input_channels``) resize it, null keeping the named network's: ``encoder=cpu encoder.depth=3``,
+``encoder.widths=[16,32,64,64]``. ``widths`` sets each conv block's channels and thereby the number of blocks;
+``depth`` alone sets the number of blocks and keeps the named widths; both together must agree. A network of d
+blocks is the named network's first d blocks (kernel sizes, strides, widths); past its end the kernel/stride
+pattern repeats and the last width is kept (:func:`latentquant.zoo.encoders.resize_blocks`). The image size
+must be divisible by the total stride (checked when the model is built). They change what the model is: not
+resumable.
 """
 
 from __future__ import annotations
@@ -50,14 +62,45 @@ class DataSettings:
     batch_size: int = _setting(128, "images per optimizer step (paper: 128)", 1)
 
 
+# The architecture sizes (latentquant.zoo.encoders.encoder_spec / latentquant.zoo.decoders.decoder_spec): null keeps
+# the named network's. A network of d blocks is the named network's first d blocks, its kernel/stride pattern
+# repeated (and its last width kept) past its end; widths and depth together must agree.
 @dataclasses.dataclass
 class EncoderSettings:
     name: str = _setting("paper", "encoder architecture: paper (12 conv blocks), small, cpu, tiny")
+    widths: list[int] | None = _setting(
+        None, "channels of each conv block, e.g. [16, 32, 64] (3 blocks); null: the named encoder's"
+    )
+    depth: int | None = _setting(
+        None,
+        "number of conv blocks, with the named encoder's widths and kernel/stride pattern (repeated past its end); "
+        "with widths: must equal their number; null: the named encoder's",
+        1,
+    )
+    dense_widths: list[int] | None = _setting(
+        None, "widths of the dense blocks after the conv blocks ([]: none); null: the named encoder's"
+    )
 
 
 @dataclasses.dataclass
 class DecoderSettings:
     name: str = _setting("paper", "decoder architecture: paper (style-modulated), small, cpu, tiny")
+    widths: list[int] | None = _setting(
+        None,
+        "channels of each transposed-conv block, e.g. [64, 32, 16] (3 blocks); null: the named decoder's",
+    )
+    depth: int | None = _setting(
+        None,
+        "number of transposed-conv blocks, with the named decoder's widths and kernel/stride pattern (repeated past "
+        "its end); with widths: must equal their number; null: the named decoder's",
+        1,
+    )
+    dense_widths: list[int] | None = _setting(
+        None, "widths of the mapping's dense blocks, latent -> style ([]: none); null: the named decoder's"
+    )
+    input_channels: int | None = _setting(
+        None, "channels of the learned constant input the blocks upsample; null: the named decoder's", 1
+    )
 
 
 @dataclasses.dataclass
@@ -130,6 +173,13 @@ FLAT_TO_DOTTED: dict[str, str] = {
     "num_latents": "model.num_latents",
     "encoder": "encoder.name",
     "decoder": "decoder.name",
+    "encoder_widths": "encoder.widths",
+    "encoder_depth": "encoder.depth",
+    "encoder_dense_widths": "encoder.dense_widths",
+    "decoder_widths": "decoder.widths",
+    "decoder_depth": "decoder.depth",
+    "decoder_dense_widths": "decoder.dense_widths",
+    "decoder_input_channels": "decoder.input_channels",
     "model_args": "model.args",
     "eval_every": "eval.every",
     "eval_samples": "eval.samples",
@@ -148,6 +198,22 @@ FLAT_TO_DOTTED: dict[str, str] = {
     "logger": "run.logger",
 }
 DOTTED_TO_FLAT = {dotted: flat for flat, dotted in FLAT_TO_DOTTED.items()}
+
+# Settings added after run directories were first written, stored only when set: a run that leaves them null
+# writes no such key (TrainConfig.to_dict), so its config.yaml and checkpoint are what earlier versions write,
+# and runs from before and after compare (resume checks, study tables) as the same configuration. A stored
+# configuration without them reads them as null.
+STORED_WHEN_SET: frozenset[str] = frozenset(
+    {
+        "encoder_widths",
+        "encoder_depth",
+        "encoder_dense_widths",
+        "decoder_widths",
+        "decoder_depth",
+        "decoder_dense_widths",
+        "decoder_input_channels",
+    }
+)
 GROUPS = tuple(
     name for name, kind in typing.get_type_hints(TrainSchema).items() if dataclasses.is_dataclass(kind)
 )

@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from latentquant.zoo.decoders import build_decoder
-from latentquant.zoo.encoders import build_encoder
+from latentquant.zoo.decoders import DecoderSpec, build_decoder
+from latentquant.zoo.encoders import EncoderSpec, build_encoder
 
 
 def binary_cross_entropy(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -45,8 +45,10 @@ class Autoencoder(nn.Module, abc.ABC):
     Args:
         num_latents: number of latent dimensions L.
         image_shape: ``(C, H, W)`` of the images.
-        encoder: name of the encoder (see ``latentquant.zoo.encoders.ENCODERS``).
-        decoder: name of the decoder (see ``latentquant.zoo.decoders.DECODERS``).
+        encoder: name of the encoder (see ``latentquant.zoo.encoders.ENCODERS``) or its layout (an
+            ``EncoderSpec``, e.g. ``latentquant.zoo.encoders.encoder_spec(name, widths=...)``).
+        decoder: name of the decoder (see ``latentquant.zoo.decoders.DECODERS``) or its layout (a
+            ``DecoderSpec``, e.g. ``latentquant.zoo.decoders.decoder_spec(name, widths=...)``).
         encoder_features: size of the encoder's output (default L).
         decoder_features: size of the decoder's input (default L).
     """
@@ -60,8 +62,8 @@ class Autoencoder(nn.Module, abc.ABC):
         self,
         num_latents: int,
         image_shape: tuple[int, int, int],
-        encoder: str = "cpu",
-        decoder: str = "cpu",
+        encoder: str | EncoderSpec = "cpu",
+        decoder: str | DecoderSpec = "cpu",
         encoder_features: int | None = None,
         decoder_features: int | None = None,
     ) -> None:

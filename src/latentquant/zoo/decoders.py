@@ -1,4 +1,6 @@
-"""Style-modulated image decoders: the paper's network and smaller variants, selected by name.
+"""Style-modulated image decoders: the paper's network and smaller variants, selected by name and optionally
+resized (:func:`decoder_spec`: the ``decoder.widths``, ``decoder.dense_widths``, ``decoder.depth`` and
+``decoder.input_channels`` settings).
 
 The latent ``z`` goes through dense blocks (linear, ReLU) to a style vector ``w``. A learned constant
 ``(input_channels, h, w)`` (initialized to 0.1) is upsampled by transposed-conv blocks; each block applies
@@ -9,17 +11,23 @@ As the authors' network (kylehkhsu/latent_quantization ``StyleImageDecoder``): t
 the output convolution have no bias, the instance norms use eps 1e-6, and the transposed convolutions are
 initialized U(±1/sqrt(in_channels · k²)) as equinox (and flax) do. PyTorch's ``ConvTranspose2d`` default computes
 its fan-in from the output channels, a bound sqrt(2) larger in the blocks that halve the channels.
+
+Resizing follows the encoders' rule (:func:`latentquant.zoo.encoders.resize_blocks`): a decoder of d blocks is
+the named decoder's first d blocks, its kernel/stride pattern repeated (and its last width kept) past its end;
+the learned constant's resolution is the image size divided by the total stride. E.g. ``tiny`` at depth 3
+starts from an 8x8 constant for 64x64 images; ``paper`` at depth 6 has widths 256, 256, 256, 128, 128, 128.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
 
-from latentquant.zoo.encoders import NORM_EPS
+from latentquant.zoo.encoders import NORM_EPS, check_sizes, resize_blocks
 
 
 @dataclass(frozen=True)
@@ -31,6 +39,11 @@ class DecoderSpec:
     widths: tuple[int, ...]
     kernel_sizes: tuple[int, ...]
     strides: tuple[int, ...]
+
+    @property
+    def total_stride(self) -> int:
+        """The product of the strides (the upsampling): image height and width must be divisible by it."""
+        return math.prod(self.strides)
 
 
 DECODERS: dict[str, DecoderSpec] = {
@@ -149,8 +162,59 @@ class StyleDecoder(nn.Module):
         return self.output(x)
 
 
-def build_decoder(name: str, in_features: int, image_shape: tuple[int, int, int]) -> StyleDecoder:
-    """Build the decoder called ``name`` (one of :data:`DECODERS`)."""
+def decoder_spec(
+    name: str,
+    widths: Sequence[int] | None = None,
+    dense_widths: Sequence[int] | None = None,
+    depth: int | None = None,
+    input_channels: int | None = None,
+) -> DecoderSpec:
+    """The layout of decoder ``name`` (one of :data:`DECODERS`), resized; ``None`` keeps the named network's.
+
+    Args:
+        widths: output channels of each transposed-conv block (``decoder.widths``); their number is the
+            number of blocks.
+        dense_widths: widths of the mapping network's dense blocks (``decoder.dense_widths``); empty: none,
+            the latent itself is the style vector.
+        depth: number of blocks (``decoder.depth``); with ``widths``, it must equal ``len(widths)``.
+        input_channels: channels of the learned constant input (``decoder.input_channels``).
+
+    Raises:
+        ValueError: an unknown name, or invalid sizes (the message names the setting).
+    """
+    if name not in DECODERS:
+        raise ValueError(f"unknown decoder {name!r}; choose one of {sorted(DECODERS)}")
+    spec = DECODERS[name]
+    if widths is None and dense_widths is None and depth is None and input_channels is None:
+        return spec
+    new_widths, kernel_sizes, strides = resize_blocks(
+        "decoder", spec.widths, spec.kernel_sizes, spec.strides, widths, depth
+    )
+    dense = spec.dense_widths
+    if dense_widths is not None:
+        dense = check_sizes("decoder.dense_widths", dense_widths, allow_empty=True)
+    channels = spec.input_channels
+    if input_channels is not None:
+        if isinstance(input_channels, bool) or not isinstance(input_channels, int) or input_channels < 1:
+            raise ValueError(f"decoder.input_channels must be an integer >= 1, got {input_channels!r}")
+        channels = input_channels
+    return replace(
+        spec,
+        dense_widths=dense,
+        input_channels=channels,
+        widths=new_widths,
+        kernel_sizes=kernel_sizes,
+        strides=strides,
+    )
+
+
+def build_decoder(
+    name: str | DecoderSpec, in_features: int, image_shape: tuple[int, int, int]
+) -> StyleDecoder:
+    """Build the decoder called ``name`` (one of :data:`DECODERS`), or of layout ``name`` (a
+    :class:`DecoderSpec`, e.g. from :func:`decoder_spec`)."""
+    if isinstance(name, DecoderSpec):
+        return StyleDecoder(name, in_features, image_shape)
     if name not in DECODERS:
         raise ValueError(f"unknown decoder {name!r}; choose one of {sorted(DECODERS)}")
     return StyleDecoder(DECODERS[name], in_features, image_shape)

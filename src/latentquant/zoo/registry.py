@@ -30,6 +30,8 @@ from typing import Any
 
 from latentquant.zoo.ae import AE, BioAE
 from latentquant.zoo.base import Autoencoder
+from latentquant.zoo.decoders import DecoderSpec
+from latentquant.zoo.encoders import EncoderSpec
 from latentquant.zoo.gan import InfoWGANGP, QLInfoWGANGP
 from latentquant.zoo.qlae import QLAE
 from latentquant.zoo.vae import BetaTCVAE, BetaVAE
@@ -143,8 +145,8 @@ def build_model(
     name: str,
     num_latents: int,
     image_shape: tuple[int, int, int],
-    encoder: str = "cpu",
-    decoder: str = "cpu",
+    encoder: str | EncoderSpec = "cpu",
+    decoder: str | DecoderSpec = "cpu",
     **hyperparameters: Any,
 ) -> Autoencoder:
     """Build zoo model ``name``.
@@ -153,8 +155,8 @@ def build_model(
         name: one of :data:`MODELS`.
         num_latents: number of latents L (the paper uses twice the number of factors).
         image_shape: ``(C, H, W)``.
-        encoder: encoder name (``latentquant.zoo.encoders.ENCODERS``).
-        decoder: decoder name (``latentquant.zoo.decoders.DECODERS``).
+        encoder: encoder name (``latentquant.zoo.encoders.ENCODERS``) or layout (``encoder_spec(...)``).
+        decoder: decoder name (``latentquant.zoo.decoders.DECODERS``) or layout (``decoder_spec(...)``).
         **hyperparameters: model hyperparameters; unspecified ones take the model's defaults.
 
     Raises:
