@@ -148,7 +148,10 @@ def test_print_config_with_overrides_after_flags(tmp_path, capsys):
 
 
 def test_cli_errors_name_the_setting(tmp_path, capsys):
-    assert main(["train", "--out", str(tmp_path / "r"), "encoder.layers=3"]) == 2
+    # sized so that, should the "unknown" key ever become a setting, the test fails in seconds (it returns 0)
+    # instead of starting a 200,000-step paper-size training (that happened when encoder.depth became one)
+    tiny = ["encoder=tiny", "decoder=tiny", "steps=1", "eval_samples=100", "device=cpu"]
+    assert main(["train", "--out", str(tmp_path / "r"), *tiny, "encoder.layers=3"]) == 2
     assert "unknown setting 'encoder.layers'" in capsys.readouterr().err
     assert main(["train", "--out", str(tmp_path / "r"), "--seed", "1", "seed=0,1"]) == 2
     assert "latentquant sweep" in capsys.readouterr().err
