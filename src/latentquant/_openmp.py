@@ -24,9 +24,11 @@ import os
 import sys
 from collections.abc import Mapping, MutableMapping, Sequence
 
-SPINCOUNT = "10000"
-"""GOMP_SPINCOUNT the command line runs with (see RESULTS.md, "Training under contention", for the
-settings measured)."""
+SPINCOUNT = "1000"
+"""GOMP_SPINCOUNT the command line runs with. Measured (RESULTS.md, "Training under contention", 3 rounds on
+the 2-core machine): beside one busy process the demo trains 1.4-2.1x slower than idle (torch's default
+300,000: 2.5-3.1x; 10,000 and 30,000 did not help), and idle at 0.90-1.01x torch's default speed.
+``OMP_WAIT_POLICY=PASSIVE`` (no spin) holds better under load (1.3-1.4x) but costs 12-19% idle."""
 
 USER_VARIABLES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
 OPT_OUT = "LATENTQUANT_KEEP_OPENMP"
