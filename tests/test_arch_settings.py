@@ -26,15 +26,13 @@ from latentquant.zoo import build_model
 from latentquant.zoo.decoders import DECODERS, decoder_spec
 from latentquant.zoo.encoders import ENCODERS, encoder_spec
 
+# every architecture setting: flat name -> dotted name
 ARCH = {
-    "encoder_widths": "encoder.widths",
-    "encoder_depth": "encoder.depth",
-    "encoder_dense_widths": "encoder.dense_widths",
-    "decoder_widths": "decoder.widths",
-    "decoder_depth": "decoder.depth",
-    "decoder_dense_widths": "decoder.dense_widths",
-    "decoder_input_channels": "decoder.input_channels",
+    flat: dotted
+    for flat, dotted in schema.FLAT_TO_DOTTED.items()
+    if flat.startswith(("encoder_", "decoder_"))
 }
+assert len(ARCH) == 7
 IMAGE = (3, 64, 64)
 
 

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from run_settings import TINY_RUN
 
 from latentquant.cli import main
 from latentquant.study.sweep import (
@@ -27,17 +28,7 @@ from latentquant.study.sweep import (
     thread_budget,
 )
 
-TINY = [
-    "encoder=tiny",
-    "decoder=tiny",
-    "steps=4",
-    "batch_size=8",
-    "eval_samples=200",
-    "eval_every=0",
-    "log_every=2",
-    "checkpoint_every=2",
-    "device=cpu",
-]
+TINY = [*TINY_RUN, "steps=4"]
 
 
 def test_parse_seeds():

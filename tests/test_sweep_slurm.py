@@ -14,20 +14,12 @@ import time
 from pathlib import Path
 
 import pytest
+from run_settings import TINY_RUN
 
 from latentquant.cli import main
 
 FAKE_SLURM = Path(__file__).parent / "fake_slurm"
-TINY = [
-    "encoder=tiny",
-    "decoder=tiny",
-    "batch_size=8",
-    "eval_samples=200",
-    "eval_every=0",
-    "log_every=2",
-    "checkpoint_every=2",
-    "device=cpu",
-]
+TINY = TINY_RUN
 
 
 @pytest.fixture
