@@ -130,9 +130,7 @@ class StyleDecoder(nn.Module):
         if not (len(spec.widths) == len(spec.kernel_sizes) == len(spec.strides)):
             raise ValueError(f"decoder spec has mismatched block lists: {spec}")
         channels, height, width = image_shape
-        upsampling = 1
-        for stride in spec.strides:
-            upsampling *= stride
+        upsampling = spec.total_stride
         if height % upsampling or width % upsampling:
             raise ValueError(
                 f"image size {height}x{width} is not divisible by the decoder's upsampling {upsampling}"
@@ -213,8 +211,5 @@ def build_decoder(
 ) -> StyleDecoder:
     """Build the decoder called ``name`` (one of :data:`DECODERS`), or of layout ``name`` (a
     :class:`DecoderSpec`, e.g. from :func:`decoder_spec`)."""
-    if isinstance(name, DecoderSpec):
-        return StyleDecoder(name, in_features, image_shape)
-    if name not in DECODERS:
-        raise ValueError(f"unknown decoder {name!r}; choose one of {sorted(DECODERS)}")
-    return StyleDecoder(DECODERS[name], in_features, image_shape)
+    spec = name if isinstance(name, DecoderSpec) else decoder_spec(name)
+    return StyleDecoder(spec, in_features, image_shape)

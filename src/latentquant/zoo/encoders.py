@@ -90,9 +90,7 @@ class ConvEncoder(nn.Module):
         if not (len(spec.widths) == len(spec.kernel_sizes) == len(spec.strides)):
             raise ValueError(f"encoder spec has mismatched block lists: {spec}")
         channels, height, width = image_shape
-        reduction = 1
-        for stride in spec.strides:
-            reduction *= stride
+        reduction = spec.total_stride
         if height % reduction or width % reduction:
             raise ValueError(
                 f"image size {height}x{width} is not divisible by the encoder's total stride {reduction}"
@@ -212,8 +210,5 @@ def build_encoder(
 ) -> ConvEncoder:
     """Build the encoder called ``name`` (one of :data:`ENCODERS`), or of layout ``name`` (an
     :class:`EncoderSpec`, e.g. from :func:`encoder_spec`)."""
-    if isinstance(name, EncoderSpec):
-        return ConvEncoder(name, image_shape, out_features)
-    if name not in ENCODERS:
-        raise ValueError(f"unknown encoder {name!r}; choose one of {sorted(ENCODERS)}")
-    return ConvEncoder(ENCODERS[name], image_shape, out_features)
+    spec = name if isinstance(name, EncoderSpec) else encoder_spec(name)
+    return ConvEncoder(spec, image_shape, out_features)
