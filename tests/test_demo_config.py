@@ -18,4 +18,6 @@ def test_demo_configs_pin_device_and_threads(name: str) -> None:
     config = resolve_config(load_yaml_config(CONFIGS / name), num_factors=6)
     assert config.device == "cpu"
     assert config.num_threads == 2
+    # the decoder alone under torch.compile: the speed-up at eager precision (tests/test_compile_modes.py)
+    assert config.compile == "decoder"
     assert config.seed == 0

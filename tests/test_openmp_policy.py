@@ -46,6 +46,7 @@ def _train(tmp_path: Path, name: str, env_extra: dict[str, str]) -> dict:
         "decoder=tiny",
         "steps=2",
         "eval_samples=100",
+        "compile=off",
     ]
     result = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr

@@ -61,7 +61,12 @@ def register(subparsers: Any) -> None:
         "--resume", type=Path, metavar="DIR", help="continue the run in DIR from its checkpoint"
     )
     train.add_argument(
-        "--compile", action="store_true", default=None, help="run the model under torch.compile"
+        "--compile",
+        action="store_const",
+        const="model",
+        default=None,
+        help="torch.compile the whole forward pass, the same as compile=model (compile=decoder: the decoder "
+        "alone, most of the gain at eager precision)",
     )
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.add_argument("--device", help="auto (CUDA when available), cpu or cuda[:i]; the same as device=...")

@@ -160,6 +160,29 @@ def _number(value: Any) -> Any:
     return value
 
 
+# What `compile` may say (latentquant.train.loop): "off"; "model", the whole forward pass under torch.compile;
+# "decoder", the decoder alone (nn.Module.compile in place). Why the decoder mode exists: on the CPU, inductor
+# sums the encoder's instance-norm statistics in one float32 accumulator per channel, and for images (channel
+# mean up to 9x the channel's standard deviation after the first convolution) the first layers' gradients then
+# differ from float64 by up to 1% (eager: 3e-6), while the decoder compiled stays at eager precision (2e-6) and
+# holds most of the speed-up (benchmarks/RESULTS.md, "The training step"). Booleans are the setting's older
+# spelling (config.yaml of earlier runs, `--compile`): true is "model", false "off".
+COMPILE_MODES = ("off", "model", "decoder")
+
+
+def compile_mode(value: Any) -> str:
+    """The ``compile`` setting's value as one of :data:`COMPILE_MODES` (booleans: true "model", false "off")."""
+    if isinstance(value, bool):
+        return "model" if value else "off"
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return "model" if value.lower() == "true" else "off"
+    if value not in COMPILE_MODES:
+        raise ValueError(
+            f"setting 'compile' must be one of {', '.join(COMPILE_MODES)} (or true / false), got {value!r}"
+        )
+    return value
+
+
 def _coerce(key: str, value: Any) -> Any:
     if key in _INT_FIELDS or key in _FLOAT_FIELDS:
         value = _number(value)
@@ -167,6 +190,8 @@ def _coerce(key: str, value: Any) -> Any:
         if key in _NULLABLE:
             return None
         raise ValueError(f"setting {key!r} must not be null")
+    if key == "compile":
+        return compile_mode(value)
     if key in _BOOL_FIELDS:
         if not isinstance(value, bool):
             raise ValueError(f"setting {key!r} must be true or false, got {value!r}")

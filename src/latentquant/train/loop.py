@@ -368,7 +368,7 @@ def _train_locked(
 
     distributed.reseed_rank(config.seed, step, info)
     forward = distributed.wrap_model(model, info)
-    forward = torch.compile(forward) if config.compile else forward
+    forward = compile_for_training(model, forward, config.compile)
     eval_factors = evaluation_factors(dataset, config.eval_samples, config.eval_seed)
 
     def save(at_step: int) -> None:
@@ -410,7 +410,7 @@ def _train_locked(
             if not info.is_main:  # rank 0 evaluates; the others wait for it
                 distributed.barrier(info)
                 return None
-            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), eager():
                 evaluation = evaluate_model(
                     model, dataset, eval_factors, device, config.infomec_convention, config.channels_last
                 )
@@ -527,11 +527,36 @@ def _train_locked(
             "steps_per_second": round(step / train_seconds, 3) if train_seconds > 0 else None,
             "final_losses": _last_train_losses(out_dir),
         }
-        report = write_outputs(
-            out_dir, model, dataset, evaluation, config, extra, device, time.perf_counter() - started
-        )
+        with eager():
+            report = write_outputs(
+                out_dir, model, dataset, evaluation, config, extra, device, time.perf_counter() - started
+            )
     metrics = json.loads((out_dir / METRICS_NAME).read_text())
     return TrainResult(out_dir, step, False, metrics, report)
+
+
+def compile_for_training(model: Autoencoder, forward: Callable, mode: str) -> Callable:
+    """Apply the ``compile`` setting (:data:`latentquant.train.config.COMPILE_MODES`); returns the callable the
+    training step runs its forward pass through.
+
+    "model" compiles ``forward`` (the model, or its DistributedDataParallel wrapper); "decoder" compiles
+    ``model.decoder`` in place (``nn.Module.compile``: parameters and state-dict keys unchanged) and returns
+    ``forward`` as it is. Evaluation and the report run eagerly in both modes (:func:`eager`), so a new batch
+    size or ``torch.no_grad`` never recompiles, and the scores do not depend on the setting. Models with
+    their own ``train_step`` (the GANs: the gradient penalty differentiates twice) train eagerly: the setting
+    does not apply to them.
+    """
+    if mode == "off" or type(model).train_step is not Autoencoder.train_step:
+        return forward
+    if mode == "decoder":
+        model.decoder.compile()
+        return forward
+    return torch.compile(forward)
+
+
+def eager() -> contextlib.AbstractContextManager:
+    """Run every ``torch.compile``'d module or function eagerly inside the block (evaluation, report)."""
+    return torch.compiler.set_stance("force_eager")
 
 
 def _last_train_losses(out_dir: Path) -> dict[str, float]:

@@ -133,7 +133,11 @@ class RunSettings:
     )
     device: str = _setting("auto", "auto (CUDA when available), cpu or cuda[:index]")
     amp: bool = _setting(False, "bfloat16 autocast on CUDA (ignored on CPU); the paper trains in float32")
-    compile: bool = _setting(False, "run the model under torch.compile")
+    compile: str = _setting(
+        "off",
+        "torch.compile: off, model (the whole forward pass) or decoder (the decoder alone: most of the gain, "
+        "eager precision); true means model, false off",
+    )
     channels_last: bool = _setting(False, "channels-last memory format for images and convolutions")
     deterministic: bool = _setting(False, "torch.use_deterministic_algorithms (bitwise-reproducible resumes)")
     num_threads: int | None = _setting(None, "CPU threads for torch; null: torch's default", 1)

@@ -62,7 +62,8 @@ class QLAE(Autoencoder):
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         z = self.encoder(x)
-        z_hat, indices, aux_loss = self.quantizer(z.float())
+        # quantize in at least float32 (a half-precision encoder under autocast), a float64 model in float64
+        z_hat, indices, aux_loss = self.quantizer(z.to(torch.promote_types(z.dtype, torch.float32)))
         return {
             "z": z,
             "z_hat": z_hat,
