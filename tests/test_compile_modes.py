@@ -94,6 +94,7 @@ def test_a_run_with_the_compiled_decoder_checkpoints_evaluates_and_resumes(tmp_p
     out = tmp_path / "run"
     first = train(settings, out, progress=False)
     assert first.step == 3 and first.metrics is not None
+    assert first.metrics["provenance"]["compile"] == "decoder"  # it decides the numbers, as the threads do
     checkpoint = load_checkpoint(out / CHECKPOINT_NAME)
     assert not any("_orig_mod" in key for key in checkpoint.model_state)
     assert checkpoint.config["compile"] == "decoder"

@@ -183,7 +183,8 @@ def write_outputs(
         **extra,
         **evaluation.summary(),
         "factor_names": list(dataset.factor_names),
-        "provenance": provenance(device, wall_seconds),
+        # torch.compile changes the training's float order, so it decides the numbers as the thread count does
+        "provenance": {**provenance(device, wall_seconds), "compile": config.compile},
     }
     factors = evaluation.factors[:REPORT_IMAGES]
     images = dataset.images_for(factors).to(device)
