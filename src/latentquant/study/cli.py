@@ -162,7 +162,7 @@ def _sweep(args: argparse.Namespace) -> int:
     )
     threads = thread_budget(max_parallel) if local else args.cpus_per_task
     if local:
-        print(f"{len(specs)} runs in {args.out}, {max_parallel} at a time, {threads} thread(s) each")
+        print(f"{len(specs)} runs in {args.out}, {max_parallel} at a time, at most {threads} thread(s) each")
     report = run_sweep(
         specs, executor, args.launcher, max_parallel or 1, threads, wait=not args.no_wait, echo=print
     )
