@@ -38,11 +38,16 @@
 // The two copies differ only in rounding (FMA contraction).
 
 #include <algorithm>
+#include <atomic>
 #include <bit>
+#include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <exception>
 #include <limits>
+#include <mutex>
+#include <thread>
 #include <tuple>
 #include <utility>
 #include <vector>
@@ -546,16 +551,36 @@ void check_targets_and_device(const char* op, const at::Tensor& features, const 
 // on the number of threads. The chunks run the AVX2 copy where use_avx2() allows. Returns the (out_size) double
 // sums and the OR of the chunks' flags.
 template <typename P>
-std::pair<at::Tensor, char> run_chunked(const P& p, int64_t n, int64_t out_size) {
-  auto run = &chunk_generic<P>;
+using ChunkFn = void (*)(const P&, const ChunkRange&);
+
+// The chunk runner of the widest instruction set use_avx2() allows.
+template <typename P>
+ChunkFn<P> pick_chunk_fn() {
 #if LQ_HAVE_AVX2_PATH
-  if (use_avx2()) run = &chunk_avx2<P>;
+  if (use_avx2()) return &chunk_avx2<P>;
 #endif
+  return &chunk_generic<P>;
+}
+
+// The partition of N samples into chunks of kBlocksPerChunk blocks (fewer, longer chunks when the partial
+// buffers of out_size doubles each would pass ~32 MiB): depends only on N and out_size.
+struct ChunkPlan {
+  int64_t blocks, per_chunk, chunks;
+};
+
+inline ChunkPlan chunk_plan(int64_t n, int64_t out_size) {
   const int64_t blocks = (n + kBlock - 1) / kBlock;
   int64_t per_chunk = kBlocksPerChunk;
   const int64_t max_chunks = std::max<int64_t>(1, (int64_t(1) << 22) / std::max<int64_t>(1, out_size));
   if ((blocks + per_chunk - 1) / per_chunk > max_chunks) per_chunk = (blocks + max_chunks - 1) / max_chunks;
   const int64_t chunks = blocks == 0 ? 0 : (blocks + per_chunk - 1) / per_chunk;
+  return {blocks, per_chunk, chunks};
+}
+
+template <typename P>
+std::pair<at::Tensor, char> run_chunked(const P& p, int64_t n, int64_t out_size) {
+  const auto run = pick_chunk_fn<P>();
+  const auto [blocks, per_chunk, chunks] = chunk_plan(n, out_size);
 
   auto partial = at::zeros({std::max<int64_t>(chunks, 1), out_size}, at::TensorOptions().dtype(at::kDouble));
   double* part = partial.data_ptr<double>();
@@ -918,11 +943,377 @@ std::tuple<at::Tensor, at::Tensor> logistic_onehot_loss_grad_cpu(const at::Tenso
   return {loss, grad};
 }
 
+// ---- logistic_fit_lbfgs: the whole batched L-BFGS of latentquant.metrics.logistic in one call ----
+//
+// The same algorithm as the Python loop of fit_logistic (_fit), target by target: history 10, the two-loop
+// recursion, a steepest-descent restart on a non-descent direction, a first step of min(1, 1 / |d|), Armijo
+// backtracking (1e-4) with quadratic interpolation clamped to [0.1, 0.5] x the step and at most 50 evaluations,
+// a curvature pair kept when s'y > eps(T) y'y, and the stops max |g| <= tol, relative decrease <= 64 eps(double)
+// or a failed line search. Each target's iterates depend only on that target (the Python loop batches them
+// but every target keeps its own history, steps and stops), so here the targets are fit independently: a pool
+// of std::threads (they block, never spin: a busy machine costs no more than it takes from them) takes the
+// targets widest first from an atomic counter. The evaluations are the ops' kernels on one target at a time,
+// its real classes only, with the ops' chunk partition and fixed-order chunk sums, so a target's fit does not
+// depend on the thread count. As in the Python loop the loss and gradient are rounded to T and the
+// bookkeeping is in T (dot products accumulated in double).
+
+constexpr const char* kOpFit = "logistic_fit_lbfgs";
+constexpr int kHistory = 10;
+constexpr int kMaxLineSearch = 50;
+
+// Sums the chunk partials (chunk order) into part[0 .. out_size).
+inline void sum_chunks(double* part, int64_t chunks, int64_t out_size) {
+  for (int64_t c = 1; c < chunks; ++c) {
+    const double* src = part + c * out_size;
+    for (int64_t i = 0; i < out_size; ++i) part[i] += src[i];
+  }
+}
+
+// Loss and gradient (C, F1) in double of one target's (C, F1) weights on dense features x1t (F1, N).
+template <typename T>
+struct DenseEval {
+  const T* x;
+  const int64_t* labels;
+  const T* sw;
+  int64_t n, f1, classes;
+  ChunkFn<Problem<T>> run;
+  ChunkPlan plan;
+  int64_t out_size;
+  std::vector<double> part;
+  std::vector<char> bad;
+
+  DenseEval(const T* x_, const int64_t* labels_, const T* sw_, int64_t n_, int64_t f1_, int64_t classes_)
+      : x(x_), labels(labels_), sw(sw_), n(n_), f1(f1_), classes(classes_), run(pick_chunk_fn<Problem<T>>()) {
+    out_size = 1 + classes * f1;
+    plan = chunk_plan(n, out_size);
+    part.resize(std::max<int64_t>(plan.chunks, 1) * out_size);
+    bad.resize(std::max<int64_t>(plan.chunks, 1));
+  }
+
+  double operator()(const T* w, double* grad) {
+    std::fill(part.begin(), part.end(), 0.0);
+    const Problem<T> p{x, w, labels, sw, n, f1, 1, classes};
+    if (plan.chunks) run(p, ChunkRange{0, plan.chunks, plan.per_chunk, plan.blocks, out_size, part.data(), bad.data()});
+    sum_chunks(part.data(), plan.chunks, out_size);
+    std::copy(part.begin() + 1, part.begin() + out_size, grad);
+    return part[0];
+  }
+};
+
+// The same on one-hot features given as offset codes (G, N): the weights are transposed to (F1, Cp) first.
+template <typename T>
+struct OneHotEval {
+  const int64_t* codes;
+  const int64_t* labels;
+  const T* sw;
+  int64_t n, groups, f1, classes, cp;
+  ChunkFn<OneHotProblem<T>> run;
+  ChunkPlan plan;
+  int64_t out_size;
+  std::vector<double> part;
+  std::vector<char> bad;
+  std::vector<T> wt, lane;
+
+  OneHotEval(const int64_t* codes_, const int64_t* labels_, const T* sw_, int64_t n_, int64_t groups_, int64_t f1_,
+             int64_t classes_)
+      : codes(codes_),
+        labels(labels_),
+        sw(sw_),
+        n(n_),
+        groups(groups_),
+        f1(f1_),
+        classes(classes_),
+        run(pick_chunk_fn<OneHotProblem<T>>()) {
+    const int64_t lanes = 32 / static_cast<int64_t>(sizeof(T));  // as logistic_onehot_loss_grad_cpu
+    cp = (classes + lanes - 1) / lanes * lanes;
+    out_size = 1 + f1 * cp;
+    plan = chunk_plan(n, out_size);
+    part.resize(std::max<int64_t>(plan.chunks, 1) * out_size);
+    bad.resize(std::max<int64_t>(plan.chunks, 1));
+    wt.assign(f1 * cp, T(0));
+    lane.resize(cp);
+    for (int64_t c = 0; c < cp; ++c) lane[c] = static_cast<T>(c);
+  }
+
+  double operator()(const T* w, double* grad) {
+    for (int64_t c = 0; c < classes; ++c)
+      for (int64_t f = 0; f < f1; ++f) wt[f * cp + c] = w[c * f1 + f];
+    std::fill(part.begin(), part.end(), 0.0);
+    const OneHotProblem<T> p{codes, wt.data(), lane.data(), labels, sw, n, groups, f1, 1, classes, cp};
+    if (plan.chunks) run(p, ChunkRange{0, plan.chunks, plan.per_chunk, plan.blocks, out_size, part.data(), bad.data()});
+    sum_chunks(part.data(), plan.chunks, out_size);
+    for (int64_t c = 0; c < classes; ++c)
+      for (int64_t f = 0; f < f1; ++f) grad[c * f1 + f] = part[1 + f * cp + c];
+    return part[0];
+  }
+};
+
+template <typename T>
+double dot(const T* a, const T* b, int64_t n) {
+  double s = 0.0;
+  for (int64_t i = 0; i < n; ++i) s += static_cast<double>(a[i]) * static_cast<double>(b[i]);
+  return s;
+}
+
+template <typename T>
+T max_abs(const T* a, int64_t n) {
+  T m = T(0);
+  for (int64_t i = 0; i < n; ++i) {
+    if (std::isnan(a[i])) return a[i];  // NaN propagates, as torch's amax
+    m = std::max(m, std::abs(a[i]));
+  }
+  return m;
+}
+
+// L-BFGS of one target from x (C * F1, updated in place); returns the iterations that moved.
+template <typename T, typename Eval>
+int64_t fit_target(Eval& eval, T* x, int64_t classes, int64_t f1, T l2, int64_t max_iter, double tol_in) {
+  const int64_t d_size = classes * f1;
+  const T tol = static_cast<T>(tol_in);
+  std::vector<double> gd(d_size);
+  // The loss and gradient in T, plus the penalty l2 / 2 |coefficients|^2 (the intercept column excluded).
+  auto evaluate = [&](const T* w, T* g) -> T {
+    T f = static_cast<T>(eval(w, gd.data()));
+    for (int64_t i = 0; i < d_size; ++i) g[i] = static_cast<T>(gd[i]);
+    if (l2 != T(0)) {
+      double squares = 0.0;
+      for (int64_t c = 0; c < classes; ++c)
+        for (int64_t k = 0; k + 1 < f1; ++k) {
+          const T v = w[c * f1 + k];
+          squares += static_cast<double>(v) * static_cast<double>(v);
+          g[c * f1 + k] += l2 * v;
+        }
+      f = f + T(0.5) * l2 * static_cast<T>(squares);
+    }
+    return f;
+  };
+
+  std::vector<T> g(d_size), d(d_size), q(d_size), trial(d_size), g_trial(d_size), g_new(d_size);
+  std::vector<T> s_hist(kHistory * d_size, T(0)), y_hist(kHistory * d_size, T(0));
+  T rho[kHistory] = {};
+  T alpha[kHistory] = {};
+  int order[kHistory];
+  int num_pairs = 0;  // slots in order, newest first
+  T f = evaluate(x, g.data());
+  bool active = max_abs(g.data(), d_size) > tol;
+  int64_t n_iter = 0;
+  const T eps = std::numeric_limits<T>::epsilon();
+  const T ftol = static_cast<T>(64 * std::numeric_limits<double>::epsilon());
+
+  for (int64_t iteration = 0; iteration < max_iter && active; ++iteration) {
+    // Direction: the two-loop recursion over the pairs, newest first (pairs with rho = 0 count for nothing).
+    for (int64_t i = 0; i < d_size; ++i) q[i] = g[i];
+    int newest_valid = -1;
+    for (int k = 0; k < num_pairs; ++k) {
+      const int slot = order[k];
+      alpha[k] = T(0);
+      if (rho[slot] == T(0)) continue;
+      if (newest_valid < 0) newest_valid = slot;
+      const T* s = s_hist.data() + slot * d_size;
+      const T* y = y_hist.data() + slot * d_size;
+      alpha[k] = rho[slot] * static_cast<T>(dot(s, q.data(), d_size));
+      for (int64_t i = 0; i < d_size; ++i) q[i] -= alpha[k] * y[i];
+    }
+    if (newest_valid >= 0) {
+      const T* y = y_hist.data() + newest_valid * d_size;
+      const T scale =
+          T(1) / std::max(rho[newest_valid] * static_cast<T>(dot(y, y, d_size)), std::numeric_limits<T>::min());
+      for (int64_t i = 0; i < d_size; ++i) q[i] *= scale;
+    }
+    for (int k = num_pairs - 1; k >= 0; --k) {
+      const int slot = order[k];
+      if (rho[slot] == T(0)) continue;
+      const T* s = s_hist.data() + slot * d_size;
+      const T* y = y_hist.data() + slot * d_size;
+      const T beta = rho[slot] * static_cast<T>(dot(y, q.data(), d_size));
+      for (int64_t i = 0; i < d_size; ++i) q[i] += (alpha[k] - beta) * s[i];
+    }
+    for (int64_t i = 0; i < d_size; ++i) d[i] = -q[i];
+    T slope = static_cast<T>(dot(d.data(), g.data(), d_size));
+    if (!(slope < T(0))) {  // a non-descent direction (stale curvature) restarts as steepest descent
+      for (int64_t i = 0; i < d_size; ++i) d[i] = -g[i];
+      slope = -static_cast<T>(dot(g.data(), g.data(), d_size));
+    }
+    T step = T(1);
+    if (iteration == 0) step = std::min(T(1) / static_cast<T>(std::sqrt(dot(d.data(), d.data(), d_size))), T(1));
+
+    // Armijo backtracking with quadratic interpolation.
+    bool moved = false;
+    T f_new = f;
+    for (int ls = 0; ls < kMaxLineSearch; ++ls) {
+      for (int64_t i = 0; i < d_size; ++i) trial[i] = x[i] + step * d[i];
+      const T f_trial = evaluate(trial.data(), g_trial.data());
+      if (std::isfinite(f_trial) && f_trial <= f + T(1e-4) * step * slope) {
+        moved = true;
+        f_new = f_trial;
+        std::swap(g_new, g_trial);
+        break;
+      }
+      const T curvature = T(2) * (f_trial - f - step * slope);
+      T interpolated = curvature > T(0) ? -slope * step * step / curvature : T(0.5) * step;
+      if (std::isnan(interpolated)) interpolated = T(0.5);
+      step = std::clamp(interpolated, T(0.1) * step, T(0.5) * step);
+    }
+    if (!moved) break;  // a failed line search stops the target where it is
+
+    // Curvature pair (s, y) into slot iteration % 10, kept when s'y > eps y'y.
+    const int slot = static_cast<int>(iteration % kHistory);
+    T* s = s_hist.data() + slot * d_size;
+    T* y = y_hist.data() + slot * d_size;
+    for (int64_t i = 0; i < d_size; ++i) {
+      s[i] = trial[i] - x[i];
+      y[i] = g_new[i] - g[i];
+    }
+    const T sy = static_cast<T>(dot(s, y, d_size));
+    if (sy > eps * static_cast<T>(dot(y, y, d_size))) {
+      rho[slot] = T(1) / sy;
+    } else {
+      rho[slot] = T(0);
+      std::fill(s, s + d_size, T(0));
+      std::fill(y, y + d_size, T(0));
+    }
+    int next_order[kHistory];
+    int count = 0;
+    next_order[count++] = slot;
+    for (int k = 0; k < num_pairs && count < kHistory; ++k)
+      if (order[k] != slot) next_order[count++] = order[k];
+    std::copy(next_order, next_order + count, order);
+    num_pairs = count;
+
+    std::copy(trial.begin(), trial.end(), x);
+    const T decrease = f - f_new;
+    const T scale = std::max(std::max(std::abs(f), std::abs(f_new)), T(1));
+    f = f_new;
+    std::swap(g, g_new);
+    ++n_iter;
+    const bool converged = max_abs(g.data(), d_size) <= tol || decrease <= ftol * scale;
+    active = !converged;
+  }
+  return n_iter;
+}
+
+void check_fit_inputs(const at::Tensor& data, const at::Tensor& weights, const at::Tensor& labels,
+                      const at::Tensor& sample_weight, const at::Tensor& num_classes, const at::Tensor& l2, bool onehot,
+                      int64_t max_iter, double tol, int64_t num_threads) {
+  const char* op = kOpFit;
+  const char* name = onehot ? "codes" : "x1t";
+  const auto dtype = check_ranks_and_weight_dtype(op, data, name, weights, labels, sample_weight);
+  check_targets_and_device(op, data, name, weights, labels, sample_weight);
+  TORCH_CHECK_VALUE(sample_weight.scalar_type() == dtype, op, ": sample_weight must have weights' dtype ", dtype,
+                    ", got ", sample_weight.scalar_type());
+  TORCH_CHECK_VALUE(labels.scalar_type() == at::kLong, op, ": labels must be int64, got ", labels.scalar_type());
+  const int64_t targets = weights.size(0), f1 = weights.size(2);
+  if (onehot) {
+    TORCH_CHECK_VALUE(data.scalar_type() == at::kLong, op, ": codes must be int64, got ", data.scalar_type());
+    TORCH_CHECK_VALUE(f1 >= 1, op,
+                      ": weights must have shape (T, C, F1) with F1 >= 1 (the last column is the intercept), got ",
+                      weights.sizes());
+  } else {
+    TORCH_CHECK_VALUE(data.scalar_type() == dtype, op, ": x1t must have weights' dtype ", dtype, ", got ",
+                      data.scalar_type());
+    TORCH_CHECK_VALUE(f1 == data.size(0), op, ": weights must have shape (T, C, F1) with F1 = x1t.shape[0] = ",
+                      data.size(0), ", got weights of shape ", weights.sizes());
+  }
+  check_rank(num_classes, 1, op, "num_classes");
+  check_rank(l2, 1, op, "l2");
+  TORCH_CHECK_VALUE(num_classes.scalar_type() == at::kLong && num_classes.size(0) == targets, op,
+                    ": num_classes must be (T,) = (", targets, ",) int64, got ", num_classes.sizes(), " ",
+                    num_classes.scalar_type());
+  TORCH_CHECK_VALUE(l2.scalar_type() == dtype && l2.size(0) == targets, op, ": l2 must be (T,) = (", targets,
+                    ",) in weights' dtype ", dtype, ", got ", l2.sizes(), " ", l2.scalar_type());
+  for (const at::Tensor* t : {&num_classes, &l2})
+    TORCH_CHECK_VALUE(t->device() == data.device(), op, ": all arguments must be on one device, ", name, " is on ",
+                      data.device(), " but another on ", t->device());
+  TORCH_CHECK_VALUE(max_iter >= 0, op, ": max_iter must be >= 0, got ", max_iter);
+  TORCH_CHECK_VALUE(tol >= 0, op, ": tol must be >= 0, got ", tol);
+  TORCH_CHECK_VALUE(num_threads >= 1, op, ": num_threads must be >= 1, got ", num_threads);
+}
+
+std::tuple<at::Tensor, at::Tensor> logistic_fit_lbfgs_cpu(const at::Tensor& data_in, const at::Tensor& weights_in,
+                                                          const at::Tensor& labels_in,
+                                                          const at::Tensor& sample_weight_in,
+                                                          const at::Tensor& num_classes_in, const at::Tensor& l2_in,
+                                                          bool onehot, int64_t max_iter, double tol,
+                                                          int64_t num_threads) {
+  check_fit_inputs(data_in, weights_in, labels_in, sample_weight_in, num_classes_in, l2_in, onehot, max_iter, tol,
+                   num_threads);
+  const auto data = data_in.contiguous();
+  const auto labels = labels_in.contiguous();
+  const auto sample_weight = sample_weight_in.contiguous();
+  const auto num_classes = num_classes_in.contiguous();
+  auto weights = weights_in.clone(at::MemoryFormat::Contiguous);
+  const int64_t targets = weights.size(0), width = weights.size(1), f1 = weights.size(2), n = data.size(1);
+  const int64_t* nc = num_classes.data_ptr<int64_t>();
+  const int64_t* lab = labels.data_ptr<int64_t>();
+  for (int64_t t = 0; t < targets; ++t) {
+    TORCH_CHECK_VALUE(nc[t] >= 1 && nc[t] <= width, kOpFit, ": num_classes must lie in [1, C] = [1, ", width,
+                      "], C = weights.shape[1]; got ", nc[t], " for target ", t);
+    for (int64_t j = 0; j < n; ++j)
+      TORCH_CHECK_VALUE(static_cast<uint64_t>(lab[t * n + j]) < static_cast<uint64_t>(nc[t]), kOpFit,
+                        ": labels of target ", t, " must lie in [0, num_classes[t]) = [0, ", nc[t], "), got ",
+                        lab[t * n + j]);
+  }
+  if (onehot) {
+    const int64_t* codes = data.data_ptr<int64_t>();
+    for (int64_t i = 0; i < data.numel(); ++i)
+      TORCH_CHECK_VALUE(static_cast<uint64_t>(codes[i]) < static_cast<uint64_t>(f1 - 1), kOpFit,
+                        ": codes must lie in [0, F) = [0, ", f1 - 1,
+                        "), F = weights.shape[2] - 1 the number of one-hot columns; got ", codes[i]);
+  }
+  auto n_iter = at::zeros({targets}, num_classes.options());
+  int64_t* iters = n_iter.data_ptr<int64_t>();
+  // Widest targets first: the costliest start first and the threads finish close together.
+  std::vector<int64_t> order(targets);
+  for (int64_t t = 0; t < targets; ++t) order[t] = t;
+  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return nc[a] > nc[b]; });
+
+  AT_DISPATCH_FLOATING_TYPES(weights.scalar_type(), kOpFit, [&] {
+    using T = scalar_t;
+    const T* sw = sample_weight.data_ptr<T>();
+    const auto l2 = l2_in.to(at::kCPU).contiguous();
+    const T* l2p = l2.data_ptr<T>();
+    T* w = weights.data_ptr<T>();
+    std::atomic<int64_t> next{0};
+    auto worker = [&]() {
+      for (int64_t i = next.fetch_add(1); i < targets; i = next.fetch_add(1)) {
+        const int64_t t = order[i];
+        T* x = w + t * width * f1;  // the target's real classes: its first nc[t] rows
+        if (onehot) {
+          OneHotEval<T> eval(data.data_ptr<int64_t>(), lab + t * n, sw + t * n, n, data.size(0), f1, nc[t]);
+          iters[t] = fit_target<T>(eval, x, nc[t], f1, l2p[t], max_iter, tol);
+        } else {
+          DenseEval<T> eval(data.data_ptr<T>(), lab + t * n, sw + t * n, n, f1, nc[t]);
+          iters[t] = fit_target<T>(eval, x, nc[t], f1, l2p[t], max_iter, tol);
+        }
+      }
+    };
+    const int64_t extra = std::min<int64_t>(num_threads, targets) - 1;
+    std::vector<std::thread> pool;
+    std::exception_ptr error;
+    std::mutex error_lock;
+    auto guarded = [&]() {
+      try {
+        worker();
+      } catch (...) {
+        std::lock_guard<std::mutex> hold(error_lock);
+        if (!error) error = std::current_exception();
+        next.store(targets);
+      }
+    };
+    for (int64_t i = 0; i < extra; ++i) pool.emplace_back(guarded);
+    guarded();
+    for (auto& th : pool) th.join();
+    if (error) std::rethrow_exception(error);
+  });
+  return {weights, n_iter};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(latentquant, CPU, m) {
   m.impl("logistic_loss_grad", &logistic_loss_grad_cpu);
   m.impl("logistic_onehot_loss_grad", &logistic_onehot_loss_grad_cpu);
+  m.impl("logistic_fit_lbfgs", &logistic_fit_lbfgs_cpu);
 }
 
 }  // namespace latentquant

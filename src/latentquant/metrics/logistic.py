@@ -28,7 +28,12 @@ from typing import NamedTuple
 import torch
 
 from latentquant.metrics._inputs import cpu_threads
-from latentquant.ops.logistic import logistic_loss_grad, logistic_onehot_loss_grad
+from latentquant.ops.logistic import (
+    has_fit_kernel,
+    logistic_fit_lbfgs,
+    logistic_loss_grad,
+    logistic_onehot_loss_grad,
+)
 
 _HISTORY = 10
 _MAX_LINE_SEARCH = 50
@@ -245,7 +250,7 @@ def fit_logistic(
     num_classes = num_classes.to(device=features.device, dtype=torch.int64)
     groups = _class_count_groups(num_classes.tolist())
     with cpu_threads(features.device, num_threads):
-        return _fit(features, labels, num_classes, groups, class_weight, l2, max_iter, tol)
+        return _fit(features, labels, num_classes, groups, class_weight, l2, max_iter, tol, num_threads or 1)
 
 
 def _class_count_groups(num_classes: list[int], max_padding: float = 1.25) -> list[list[int]]:
@@ -327,10 +332,13 @@ def _fit(
     l2: float,
     max_iter: int,
     tol: float,
+    num_threads: int = 1,
 ) -> LogisticFit:
-    """One batched L-BFGS over every target: the per-iteration bookkeeping (two-loop recursion, line-search
-    tests, history updates) runs once for all targets, and each evaluation calls the op once per class-count
-    group on that group's width (``groups`` from :func:`_class_count_groups`)."""
+    """The fit: on CPU with the extension the whole L-BFGS is one call of ``latentquant::logistic_fit_lbfgs``
+    (the targets shared among ``num_threads`` threads); elsewhere one batched L-BFGS over every target, whose
+    per-iteration bookkeeping (two-loop recursion, line-search tests, history updates) runs once for all
+    targets, each evaluation calling the op once per class-count group on that group's width (``groups`` from
+    :func:`_class_count_groups`). Both run the same algorithm; each target's iterates depend only on itself."""
     labels = labels.T.contiguous()
     num_targets, num_samples = labels.shape
     width = int(num_classes.max())
@@ -359,6 +367,46 @@ def _fit(
     else:
         l2_per_target = None
     weights = _initial_weights(num_classes, width, num_features, dtype)
+    all_targets = torch.arange(num_targets, device=device)
+    if has_fit_kernel(design.data):
+        weights, n_iter = logistic_fit_lbfgs(
+            design.data,
+            weights,
+            labels,
+            sample_weight,
+            num_classes,
+            l2_per_target if l2_per_target is not None else weights.new_zeros(num_targets),
+            isinstance(features, OneHotCodes),
+            max_iter,
+            tol,
+            num_threads,
+        )
+    else:
+        weights, n_iter = _lbfgs(
+            design, weights, labels, sample_weight, l2_per_target, group_of, widths, max_iter, tol
+        )
+    # The unweighted mean cross-entropy: the loss with uniform sample weights.
+    uniform = torch.full_like(sample_weight, 1.0 / max(num_samples, 1))
+    cross_entropy = _evaluate(
+        design, weights, _parts(all_targets, group_of, widths, width, labels, uniform), None
+    )[0].to(torch.float64)
+    return LogisticFit(weights=weights, cross_entropy=cross_entropy, n_iter=n_iter)
+
+
+def _lbfgs(
+    design: _Design,
+    weights: torch.Tensor,
+    labels: torch.Tensor,
+    sample_weight: torch.Tensor,
+    l2_per_target: torch.Tensor | None,
+    group_of: torch.Tensor,
+    widths: list[int],
+    max_iter: int,
+    tol: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The batched L-BFGS loop in torch ops (devices without the fit kernel): final weights and iterations."""
+    num_targets, width, num_features = weights.shape
+    dtype, device = weights.dtype, weights.device
     all_targets = torch.arange(num_targets, device=device)
     parts = _parts(all_targets, group_of, widths, width, labels, sample_weight)
     loss, gradient = _evaluate(design, weights, parts, l2_per_target)
@@ -429,13 +477,7 @@ def _fit(
         scale = torch.maximum(torch.maximum(f_a.abs(), new_f.abs()), torch.ones_like(f_a))
         converged = (new_g.abs().amax(dim=1) <= tol) | (decrease <= ftol * scale)
         active[idx] = moved & ~converged
-
-    # The unweighted mean cross-entropy: the loss with uniform sample weights.
-    uniform = torch.full_like(sample_weight, 1.0 / max(num_samples, 1))
-    cross_entropy = _evaluate(
-        design, weights, _parts(all_targets, group_of, widths, width, labels, uniform), None
-    )[0].to(torch.float64)
-    return LogisticFit(weights=weights, cross_entropy=cross_entropy, n_iter=n_iter)
+    return weights, n_iter
 
 
 def predict_proba_logistic(fit: LogisticFit, features: torch.Tensor | OneHotCodes) -> torch.Tensor:
