@@ -67,6 +67,7 @@
 #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
 #define LQ_HAVE_AVX2_PATH 1
 #define LQ_TARGET_AVX2 __attribute__((target("avx2,fma")))
+#define LQ_TARGET_AVX512 __attribute__((target("avx512f,avx512dq,avx512vl,avx512bw,avx2,fma")))
 #else
 #define LQ_HAVE_AVX2_PATH 0
 #endif
@@ -504,13 +505,38 @@ LQ_TARGET_AVX2 void chunk_avx2(const P& p, const ChunkRange& r) {
   chunk_body<32>(p, r);
 }
 
+template <typename P>
+LQ_TARGET_AVX512 void chunk_avx512(const P& p, const ChunkRange& r) {
+  chunk_body<64>(p, r);
+}
+
+bool env_off(const char* name) {
+  const char* off = std::getenv(name);
+  return !(off == nullptr || off[0] == '\0' || off[0] == '0');
+}
+
 bool use_avx2() {
   static const bool supported = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  if (!supported) return false;
-  const char* off = std::getenv("LATENTQUANT_DISABLE_AVX2");
-  return off == nullptr || off[0] == '\0' || off[0] == '0';
+  return supported && !env_off("LATENTQUANT_DISABLE_AVX2");
+}
+
+bool use_avx512() {
+  static const bool supported = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+                                __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw");
+  return supported && use_avx2() && !env_off("LATENTQUANT_DISABLE_AVX512");
 }
 #endif
+
+// Vector bytes of the widest copy the CPU and the environment allow: 64 (AVX-512), 32 (AVX2 + FMA) or 16 (the
+// x86-64 baseline). LATENTQUANT_DISABLE_AVX512=1 stops at AVX2, LATENTQUANT_DISABLE_AVX2=1 at the baseline (the
+// tests run every copy that way). The copies differ only in rounding (FMA contraction, lane order of sums).
+int vector_bytes() {
+#if LQ_HAVE_AVX2_PATH
+  if (use_avx512()) return 64;
+  if (use_avx2()) return 32;
+#endif
+  return 16;
+}
 
 // The checks both ops open with: `features` (x1t or codes, named `name`) 2-D, weights (T, C, F1) 3-D, labels and
 // sample_weight 2-D, weights float32 or float64. Returns weights' dtype.
@@ -553,12 +579,14 @@ void check_targets_and_device(const char* op, const at::Tensor& features, const 
 template <typename P>
 using ChunkFn = void (*)(const P&, const ChunkRange&);
 
-// The chunk runner of the widest instruction set use_avx2() allows.
+// The chunk runner for vectors of vb bytes (vector_bytes()).
 template <typename P>
-ChunkFn<P> pick_chunk_fn() {
+ChunkFn<P> pick_chunk_fn(int vb) {
 #if LQ_HAVE_AVX2_PATH
-  if (use_avx2()) return &chunk_avx2<P>;
+  if (vb == 64) return &chunk_avx512<P>;
+  if (vb == 32) return &chunk_avx2<P>;
 #endif
+  (void)vb;
   return &chunk_generic<P>;
 }
 
@@ -578,8 +606,8 @@ inline ChunkPlan chunk_plan(int64_t n, int64_t out_size) {
 }
 
 template <typename P>
-std::pair<at::Tensor, char> run_chunked(const P& p, int64_t n, int64_t out_size) {
-  const auto run = pick_chunk_fn<P>();
+std::pair<at::Tensor, char> run_chunked(const P& p, int64_t n, int64_t out_size, int vb) {
+  const auto run = pick_chunk_fn<P>(vb);
   const auto [blocks, per_chunk, chunks] = chunk_plan(n, out_size);
 
   auto partial = at::zeros({std::max<int64_t>(chunks, 1), out_size}, at::TensorOptions().dtype(at::kDouble));
@@ -627,7 +655,7 @@ std::tuple<at::Tensor, at::Tensor> logistic_loss_grad_cpu(const at::Tensor& x1t_
   AT_DISPATCH_FLOATING_TYPES(weights.scalar_type(), kOp, [&] {
     const Problem<scalar_t> p{x1t.data_ptr<scalar_t>(), weights.data_ptr<scalar_t>(), labels.data_ptr<int64_t>(),
                               sample_weight.data_ptr<scalar_t>(), n, f1, targets, classes};
-    std::tie(sums, flags) = run_chunked(p, n, out_size);
+    std::tie(sums, flags) = run_chunked(p, n, out_size, vector_bytes());
   });
   TORCH_CHECK_VALUE(flags == 0, kOp, ": labels must lie in [0, C) = [0, ", classes,
                     "), C = weights.shape[1] the number of classes; got a label outside it");
@@ -878,6 +906,157 @@ LQ_INLINE void chunk_body(const OneHotProblem<T>& p, const ChunkRange& r) {
   }
 }
 
+// ---- the one-hot evaluation of logistic_fit_lbfgs: one target, codes prepared once per fit ----
+//
+// The same sums as onehot_block_target for one target, three changes for speed (measured with perf on the
+// N = 50,000 x 12-latent InfoMEC problem, one target of 15 classes per call: ~20% of the time went to turning
+// the (G, N) int64 codes into row offsets in every call, ~25% to the scatter's runtime-length row loop):
+// - the row offsets (code * Cp) are computed once per fit, sample-major (N, G) int32, shared by all targets;
+// - the number of vectors per class row, NV, is a compile-time constant (1 to 4): the logits, the residual and
+//   the scatter of one sample stay in registers, and the label's logit is a masked lane sum (no scalar load of
+//   a lane just stored);
+// - the intercept's gradient is summed in registers over the block instead of a scattered row.
+// Cp and the chunk partition are those of the op, the block sums are in T and then added in double, as there.
+
+template <typename T>
+struct OneHotFitProblem {
+  const int32_t* off;      // (N, G) row offsets code * Cp
+  const T* wt;             // (F1, Cp) transposed weights, padded lanes 0
+  const T* lane;           // (Cp,) 0, 1, ..., Cp - 1
+  const int64_t* labels;   // (N,)
+  const T* sample_weight;  // (N,)
+  int64_t n, groups, f1, classes, cp;
+};
+
+template <int NV, typename T, int VB>
+LQ_INLINE void onehot_fit_block(const OneHotFitProblem<T>& p, int64_t s0, int64_t nb, OneHotScratch<T>& sc,
+                                double* loss, double* g) {
+  using V = typename Vec<T, VB>::type;
+  using DV = typename Vec<T, VB>::wide;
+  constexpr int64_t W = Vec<T, VB>::kWidth;
+  const int64_t groups = p.groups, cp = p.cp;
+  const T* wt = p.wt;
+  const int64_t* lab = p.labels + s0;
+  const T* sw = p.sample_weight + s0;
+  T* z = sc.z.data();
+  const V neg_inf = V{} + (-std::numeric_limits<T>::infinity());
+  V lane[NV], intercept[NV];
+  for (int r = 0; r < NV; ++r) {
+    lane[r] = load<V>(p.lane + r * W);
+    intercept[r] = load<V>(wt + (p.f1 - 1) * cp + r * W);
+  }
+  for (int64_t j = nb; j < kBlock; ++j) {  // padding: weight 0, top 0, total 1 -> a loss term of 0
+    sc.w[j] = T(0);
+    sc.top[j] = T(0);
+    sc.picked[j] = T(0);
+    sc.total[j] = T(1);
+  }
+  // (1) logits, top, the label's logit, exp and total per sample
+  for (int64_t j = 0; j < nb; ++j) {
+    const int32_t* off = p.off + (s0 + j) * groups;
+    V acc[NV];
+    for (int r = 0; r < NV; ++r) acc[r] = intercept[r];
+    for (int64_t gi = 0; gi < groups; ++gi) {
+      const T* row = wt + off[gi];
+      for (int r = 0; r < NV; ++r) acc[r] += load<V>(row + r * W);
+    }
+    const T lj = static_cast<T>(lab[j]);
+    V m = neg_inf, pick = V{};
+    for (int r = 0; r < NV; ++r) {
+      const V masked = lane[r] < T(p.classes) ? acc[r] : neg_inf;
+      m = masked > m ? masked : m;
+      pick += lane[r] == lj ? acc[r] : V{};
+    }
+    const T top = hreduce<T, VB, LaneMax>(m);
+    V tot = V{};
+    T* zj = z + j * cp;
+    for (int r = 0; r < NV; ++r) {  // a select, not a product: a padded lane's exp may be +inf
+      const V e_all = exp_floor<T, VB>(acc[r] - top);
+      const V e = lane[r] < T(p.classes) ? e_all : V{};
+      store(zj + r * W, e);
+      tot += e;
+    }
+    sc.top[j] = top;
+    sc.picked[j] = hreduce<T, VB, LaneAdd>(pick);
+    sc.total[j] = hreduce<T, VB, LaneAdd>(tot);
+    sc.w[j] = sw[j];
+  }
+  // (2) loss terms and w / total over whole vectors of samples
+  DV loss_lanes = DV{};
+  for (int64_t j = 0; j < kBlock; j += W) {
+    const V total = load<V>(sc.total.data() + j);
+    const V wj = load<V>(sc.w.data() + j);
+    const V term =
+        wj * ((load<V>(sc.top.data() + j) + log_pos<T, VB>(total)) - load<V>(sc.picked.data() + j)) + (total - total);
+    add_wide<T, VB>(loss_lanes, term);
+    store(sc.total.data() + j, wj / total);
+  }
+  double block_loss = 0.0;
+  for (int64_t l = 0; l < VB / 8; ++l) block_loss += loss_lanes[l];
+  *loss += block_loss;
+  // (3) residuals, scattered into the tile rows of the sample's codes; the intercept's summed in registers
+  T* tile = sc.tile.data();
+  V icpt[NV];
+  for (int r = 0; r < NV; ++r) icpt[r] = V{};
+  for (int64_t j = 0; j < nb; ++j) {
+    const T* zj = z + j * cp;
+    const T q = sc.total[j], wj = sc.w[j], lj = static_cast<T>(lab[j]);
+    V res[NV];
+    for (int r = 0; r < NV; ++r) {
+      const V v = load<V>(zj + r * W) * q;
+      res[r] = lane[r] == lj ? v - wj : v;
+      icpt[r] += res[r];
+    }
+    const int32_t* off = p.off + (s0 + j) * groups;
+    for (int64_t gi = 0; gi < groups; ++gi) {
+      T* row = tile + off[gi];
+      for (int r = 0; r < NV; ++r) store(row + r * W, load<V>(row + r * W) + res[r]);
+    }
+  }
+  T* tile_intercept = tile + (p.f1 - 1) * cp;
+  for (int r = 0; r < NV; ++r) store(tile_intercept + r * W, icpt[r]);
+  // Flush the tile into g: every row when that is cheaper than visiting the block's codes, else only the rows
+  // the codes name (a row named twice is flushed once and then adds its zeros).
+  const int64_t vectors = cp / W;
+  if (p.f1 <= (groups + 1) * nb) {
+    flush_row<T, VB>(g, tile, p.f1 * vectors);
+  } else {
+    for (int64_t j = 0; j < nb; ++j) {
+      const int32_t* off = p.off + (s0 + j) * groups;
+      for (int64_t gi = 0; gi < groups; ++gi) flush_row<T, VB>(g + off[gi], tile + off[gi], vectors);
+    }
+    flush_row<T, VB>(g + (p.f1 - 1) * cp, tile_intercept, vectors);
+  }
+}
+
+template <int VB, typename T>
+LQ_INLINE void chunk_body(const OneHotFitProblem<T>& p, const ChunkRange& r) {
+  constexpr int64_t W = Vec<T, VB>::kWidth;
+  OneHotScratch<T> sc(p.groups, p.f1, p.cp);
+  const int64_t vectors = p.cp / W;
+  for (int64_t c = r.c0; c < r.c1; ++c) {
+    double* out = r.out + c * r.out_size;
+    for (int64_t b = c * r.per_chunk; b < std::min(r.blocks, (c + 1) * r.per_chunk); ++b) {
+      const int64_t s0 = b * kBlock;
+      const int64_t nb = std::min(kBlock, p.n - s0);
+      switch (vectors) {  // OneHotEval takes this path only for 1 to 4 vectors per class row
+        case 1:
+          onehot_fit_block<1, T, VB>(p, s0, nb, sc, out, out + 1);
+          break;
+        case 2:
+          onehot_fit_block<2, T, VB>(p, s0, nb, sc, out, out + 1);
+          break;
+        case 3:
+          onehot_fit_block<3, T, VB>(p, s0, nb, sc, out, out + 1);
+          break;
+        default:
+          onehot_fit_block<4, T, VB>(p, s0, nb, sc, out, out + 1);
+          break;
+      }
+    }
+  }
+}
+
 void check_onehot_inputs(const at::Tensor& codes, const at::Tensor& weights, const at::Tensor& labels,
                          const at::Tensor& sample_weight) {
   const char* op = kOpOneHot;
@@ -904,8 +1083,9 @@ std::tuple<at::Tensor, at::Tensor> logistic_onehot_loss_grad_cpu(const at::Tenso
   const int64_t classes = weights_in.size(1), f1 = weights_in.size(2);
   const auto dtype = weights_in.scalar_type();
 
-  // Lanes per vector of the widest path (AVX2: 32 bytes), so one layout serves both instruction sets.
-  const int64_t lanes = 32 / static_cast<int64_t>(at::elementSize(dtype));
+  // Classes padded to whole vectors of the copy that runs.
+  const int vb = vector_bytes();
+  const int64_t lanes = vb / static_cast<int64_t>(at::elementSize(dtype));
   const int64_t cp = (classes + lanes - 1) / lanes * lanes;
   auto wt = at::zeros({targets, f1, cp}, weights_in.options());
   wt.narrow(2, 0, classes).copy_(weights_in.transpose(1, 2));
@@ -927,7 +1107,7 @@ std::tuple<at::Tensor, at::Tensor> logistic_onehot_loss_grad_cpu(const at::Tenso
                                     targets,
                                     classes,
                                     cp};
-    std::tie(sums, flags) = run_chunked(p, n, out_size);
+    std::tie(sums, flags) = run_chunked(p, n, out_size, vb);
   });
   TORCH_CHECK_VALUE(!(flags & 2), kOpOneHot, ": codes must lie in [0, F) = [0, ", f1 - 1,
                     "), F = weights.shape[2] - 1 the number of one-hot columns; got a code outside it");
@@ -958,6 +1138,7 @@ std::tuple<at::Tensor, at::Tensor> logistic_onehot_loss_grad_cpu(const at::Tenso
 // bookkeeping is in T (dot products accumulated in double).
 
 constexpr const char* kOpFit = "logistic_fit_lbfgs";
+constexpr int64_t kMaxFitVectors = 4;  // OneHotFitProblem's widest class row, in vectors
 constexpr int kHistory = 10;
 constexpr int kMaxLineSearch = 50;
 
@@ -982,8 +1163,8 @@ struct DenseEval {
   std::vector<double> part;
   std::vector<char> bad;
 
-  DenseEval(const T* x_, const int64_t* labels_, const T* sw_, int64_t n_, int64_t f1_, int64_t classes_)
-      : x(x_), labels(labels_), sw(sw_), n(n_), f1(f1_), classes(classes_), run(pick_chunk_fn<Problem<T>>()) {
+  DenseEval(const T* x_, const int64_t* labels_, const T* sw_, int64_t n_, int64_t f1_, int64_t classes_, int vb)
+      : x(x_), labels(labels_), sw(sw_), n(n_), f1(f1_), classes(classes_), run(pick_chunk_fn<Problem<T>>(vb)) {
     out_size = 1 + classes * f1;
     plan = chunk_plan(n, out_size);
     part.resize(std::max<int64_t>(plan.chunks, 1) * out_size);
@@ -1008,6 +1189,8 @@ struct OneHotEval {
   const T* sw;
   int64_t n, groups, f1, classes, cp;
   ChunkFn<OneHotProblem<T>> run;
+  ChunkFn<OneHotFitProblem<T>> run_fit;
+  const int32_t* off;  // (N, G) row offsets, or null: the op's path (more than 4 vectors per class row)
   ChunkPlan plan;
   int64_t out_size;
   std::vector<double> part;
@@ -1015,7 +1198,7 @@ struct OneHotEval {
   std::vector<T> wt, lane;
 
   OneHotEval(const int64_t* codes_, const int64_t* labels_, const T* sw_, int64_t n_, int64_t groups_, int64_t f1_,
-             int64_t classes_)
+             int64_t classes_, int vb, const std::vector<int32_t>* offsets)
       : codes(codes_),
         labels(labels_),
         sw(sw_),
@@ -1023,9 +1206,12 @@ struct OneHotEval {
         groups(groups_),
         f1(f1_),
         classes(classes_),
-        run(pick_chunk_fn<OneHotProblem<T>>()) {
-    const int64_t lanes = 32 / static_cast<int64_t>(sizeof(T));  // as logistic_onehot_loss_grad_cpu
+        run(pick_chunk_fn<OneHotProblem<T>>(vb)),
+        run_fit(pick_chunk_fn<OneHotFitProblem<T>>(vb)),
+        off(nullptr) {
+    const int64_t lanes = vb / static_cast<int64_t>(sizeof(T));  // as logistic_onehot_loss_grad_cpu
     cp = (classes + lanes - 1) / lanes * lanes;
+    if (cp <= kMaxFitVectors * lanes && offsets != nullptr && !offsets->empty()) off = offsets->data();
     out_size = 1 + f1 * cp;
     plan = chunk_plan(n, out_size);
     part.resize(std::max<int64_t>(plan.chunks, 1) * out_size);
@@ -1039,8 +1225,14 @@ struct OneHotEval {
     for (int64_t c = 0; c < classes; ++c)
       for (int64_t f = 0; f < f1; ++f) wt[f * cp + c] = w[c * f1 + f];
     std::fill(part.begin(), part.end(), 0.0);
-    const OneHotProblem<T> p{codes, wt.data(), lane.data(), labels, sw, n, groups, f1, 1, classes, cp};
-    if (plan.chunks) run(p, ChunkRange{0, plan.chunks, plan.per_chunk, plan.blocks, out_size, part.data(), bad.data()});
+    const ChunkRange range{0, plan.chunks, plan.per_chunk, plan.blocks, out_size, part.data(), bad.data()};
+    if (plan.chunks && off != nullptr) {
+      const OneHotFitProblem<T> p{off, wt.data(), lane.data(), labels, sw, n, groups, f1, classes, cp};
+      run_fit(p, range);
+    } else if (plan.chunks) {
+      const OneHotProblem<T> p{codes, wt.data(), lane.data(), labels, sw, n, groups, f1, 1, classes, cp};
+      run(p, range);
+    }
     sum_chunks(part.data(), plan.chunks, out_size);
     for (int64_t c = 0; c < classes; ++c)
       for (int64_t f = 0; f < f1; ++f) grad[c * f1 + f] = part[1 + f * cp + c];
@@ -1274,15 +1466,35 @@ std::tuple<at::Tensor, at::Tensor> logistic_fit_lbfgs_cpu(const at::Tensor& data
     const T* l2p = l2.data_ptr<T>();
     T* w = weights.data_ptr<T>();
     std::atomic<int64_t> next{0};
+    const int vb = vector_bytes();
+    // One-hot: the row offsets code * Cp, sample-major (N, G) int32, for each Cp of 1 to 4 vectors that a
+    // target needs (built once, read by every thread).
+    std::vector<std::vector<int32_t>> row_offsets(kMaxFitVectors);
+    if (onehot && (f1 - 1) * kMaxFitVectors * (vb / static_cast<int64_t>(sizeof(T))) < (int64_t(1) << 31)) {
+      const int64_t lanes = vb / static_cast<int64_t>(sizeof(T)), groups = data.size(0);
+      const int64_t* codes = data.data_ptr<int64_t>();
+      for (int64_t t = 0; t < targets; ++t) {
+        const int64_t v = (nc[t] + lanes - 1) / lanes;
+        if (v > kMaxFitVectors || !row_offsets[v - 1].empty()) continue;
+        auto& offs = row_offsets[v - 1];
+        offs.resize(n * groups);
+        for (int64_t gi = 0; gi < groups; ++gi)
+          for (int64_t j = 0; j < n; ++j) offs[j * groups + gi] = static_cast<int32_t>(codes[gi * n + j] * v * lanes);
+      }
+    }
     auto worker = [&]() {
       for (int64_t i = next.fetch_add(1); i < targets; i = next.fetch_add(1)) {
         const int64_t t = order[i];
         T* x = w + t * width * f1;  // the target's real classes: its first nc[t] rows
         if (onehot) {
-          OneHotEval<T> eval(data.data_ptr<int64_t>(), lab + t * n, sw + t * n, n, data.size(0), f1, nc[t]);
+          const int64_t lanes = vb / static_cast<int64_t>(sizeof(T));
+          const int64_t cp = (nc[t] + lanes - 1) / lanes * lanes;
+          const std::vector<int32_t>* offsets = cp <= kMaxFitVectors * lanes ? &row_offsets[cp / lanes - 1] : nullptr;
+          OneHotEval<T> eval(data.data_ptr<int64_t>(), lab + t * n, sw + t * n, n, data.size(0), f1, nc[t], vb,
+                             offsets);
           iters[t] = fit_target<T>(eval, x, nc[t], f1, l2p[t], max_iter, tol);
         } else {
-          DenseEval<T> eval(data.data_ptr<T>(), lab + t * n, sw + t * n, n, f1, nc[t]);
+          DenseEval<T> eval(data.data_ptr<T>(), lab + t * n, sw + t * n, n, f1, nc[t], vb);
           iters[t] = fit_target<T>(eval, x, nc[t], f1, l2p[t], max_iter, tol);
         }
       }
