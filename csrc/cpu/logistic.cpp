@@ -938,7 +938,6 @@ LQ_INLINE void onehot_fit_block(const OneHotFitProblem<T>& p, int64_t s0, int64_
   const T* wt = p.wt;
   const int64_t* lab = p.labels + s0;
   const T* sw = p.sample_weight + s0;
-  T* z = sc.z.data();
   const V neg_inf = V{} + (-std::numeric_limits<T>::infinity());
   V lane[NV], intercept[NV];
   for (int r = 0; r < NV; ++r) {
@@ -951,7 +950,12 @@ LQ_INLINE void onehot_fit_block(const OneHotFitProblem<T>& p, int64_t s0, int64_
     sc.picked[j] = T(0);
     sc.total[j] = T(1);
   }
-  // (1) logits, top, the label's logit, exp and total per sample
+  // (1) per sample, in registers: logits, top, the label's logit, exp and total, the residual
+  // exp * (w / total) - w [lane == label], scattered into the tile rows of the sample's codes (the intercept's
+  // summed in registers); top, the label's logit and total are kept for the loss.
+  T* tile = sc.tile.data();
+  V icpt[NV];
+  for (int r = 0; r < NV; ++r) icpt[r] = V{};
   for (int64_t j = 0; j < nb; ++j) {
     const int32_t* off = p.off + (s0 + j) * groups;
     V acc[NV];
@@ -968,20 +972,30 @@ LQ_INLINE void onehot_fit_block(const OneHotFitProblem<T>& p, int64_t s0, int64_
       pick += lane[r] == lj ? acc[r] : V{};
     }
     const T top = hreduce<T, VB, LaneMax>(m);
-    V tot = V{};
-    T* zj = z + j * cp;
+    V e[NV], tot = V{};
     for (int r = 0; r < NV; ++r) {  // a select, not a product: a padded lane's exp may be +inf
       const V e_all = exp_floor<T, VB>(acc[r] - top);
-      const V e = lane[r] < T(p.classes) ? e_all : V{};
-      store(zj + r * W, e);
-      tot += e;
+      e[r] = lane[r] < T(p.classes) ? e_all : V{};
+      tot += e[r];
     }
+    const T total = hreduce<T, VB, LaneAdd>(tot), wj = sw[j];
+    const T q = wj / total;
     sc.top[j] = top;
     sc.picked[j] = hreduce<T, VB, LaneAdd>(pick);
-    sc.total[j] = hreduce<T, VB, LaneAdd>(tot);
-    sc.w[j] = sw[j];
+    sc.total[j] = total;
+    sc.w[j] = wj;
+    V res[NV];
+    for (int r = 0; r < NV; ++r) {
+      const V v = e[r] * q;
+      res[r] = lane[r] == lj ? v - wj : v;
+      icpt[r] += res[r];
+    }
+    for (int64_t gi = 0; gi < groups; ++gi) {
+      T* row = tile + off[gi];
+      for (int r = 0; r < NV; ++r) store(row + r * W, load<V>(row + r * W) + res[r]);
+    }
   }
-  // (2) loss terms and w / total over whole vectors of samples
+  // (2) loss terms over whole vectors of samples
   DV loss_lanes = DV{};
   for (int64_t j = 0; j < kBlock; j += W) {
     const V total = load<V>(sc.total.data() + j);
@@ -989,30 +1003,10 @@ LQ_INLINE void onehot_fit_block(const OneHotFitProblem<T>& p, int64_t s0, int64_
     const V term =
         wj * ((load<V>(sc.top.data() + j) + log_pos<T, VB>(total)) - load<V>(sc.picked.data() + j)) + (total - total);
     add_wide<T, VB>(loss_lanes, term);
-    store(sc.total.data() + j, wj / total);
   }
   double block_loss = 0.0;
   for (int64_t l = 0; l < VB / 8; ++l) block_loss += loss_lanes[l];
   *loss += block_loss;
-  // (3) residuals, scattered into the tile rows of the sample's codes; the intercept's summed in registers
-  T* tile = sc.tile.data();
-  V icpt[NV];
-  for (int r = 0; r < NV; ++r) icpt[r] = V{};
-  for (int64_t j = 0; j < nb; ++j) {
-    const T* zj = z + j * cp;
-    const T q = sc.total[j], wj = sc.w[j], lj = static_cast<T>(lab[j]);
-    V res[NV];
-    for (int r = 0; r < NV; ++r) {
-      const V v = load<V>(zj + r * W) * q;
-      res[r] = lane[r] == lj ? v - wj : v;
-      icpt[r] += res[r];
-    }
-    const int32_t* off = p.off + (s0 + j) * groups;
-    for (int64_t gi = 0; gi < groups; ++gi) {
-      T* row = tile + off[gi];
-      for (int r = 0; r < NV; ++r) store(row + r * W, load<V>(row + r * W) + res[r]);
-    }
-  }
   T* tile_intercept = tile + (p.f1 - 1) * cp;
   for (int r = 0; r < NV; ++r) store(tile_intercept + r * W, icpt[r]);
   // Flush the tile into g: every row when that is cheaper than visiting the block's codes, else only the rows

@@ -208,6 +208,7 @@ def fit_logistic(
     max_iter: int = 100,
     tol: float = 1e-4,
     num_threads: int | None = 1,
+    workers: int = 1,
 ) -> LogisticFit:
     """Fit one multinomial logistic regression per column of ``labels`` on shared ``features``.
 
@@ -227,6 +228,9 @@ def fit_logistic(
             setting. The default 1: the fit is a long chain of small ops, which a second thread barely
             speeds up on an idle machine and slows down by 10-30x on a shared one (measured here: 0.6 s
             vs 16.7 s for N = 1200 under load 10 on 2 cores), as every op waits for a descheduled thread.
+        workers: threads of the CPU fit kernel (``latentquant::logistic_fit_lbfgs``), which share out the
+            targets, widest first; threads of its own that block rather than spin, so a busy machine costs no
+            more than the time they lose. A target's fit does not depend on it.
 
     Returns:
         :class:`LogisticFit` with weights (T, C_max, F + 1), unweighted cross-entropy (T,) and iterations (T,).
@@ -244,13 +248,15 @@ def fit_logistic(
         )
     if class_weight not in ("balanced", None):
         raise ValueError(f"class_weight must be 'balanced' or None, got {class_weight!r}")
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
     labels = labels.to(device=features.device, dtype=torch.int64)
     if num_classes is None:
         num_classes = labels.max(dim=0).values + 1
     num_classes = num_classes.to(device=features.device, dtype=torch.int64)
     groups = _class_count_groups(num_classes.tolist())
     with cpu_threads(features.device, num_threads):
-        return _fit(features, labels, num_classes, groups, class_weight, l2, max_iter, tol, num_threads or 1)
+        return _fit(features, labels, num_classes, groups, class_weight, l2, max_iter, tol, workers)
 
 
 def _class_count_groups(num_classes: list[int], max_padding: float = 1.25) -> list[list[int]]:
@@ -332,10 +338,10 @@ def _fit(
     l2: float,
     max_iter: int,
     tol: float,
-    num_threads: int = 1,
+    workers: int = 1,
 ) -> LogisticFit:
     """The fit: on CPU with the extension the whole L-BFGS is one call of ``latentquant::logistic_fit_lbfgs``
-    (the targets shared among ``num_threads`` threads); elsewhere one batched L-BFGS over every target, whose
+    (the targets shared among ``workers`` threads); elsewhere one batched L-BFGS over every target, whose
     per-iteration bookkeeping (two-loop recursion, line-search tests, history updates) runs once for all
     targets, each evaluation calling the op once per class-count group on that group's width (``groups`` from
     :func:`_class_count_groups`). Both run the same algorithm; each target's iterates depend only on itself."""
@@ -379,7 +385,7 @@ def _fit(
             isinstance(features, OneHotCodes),
             max_iter,
             tol,
-            num_threads,
+            workers,
         )
     else:
         weights, n_iter = _lbfgs(
