@@ -35,7 +35,6 @@ if _registry.HAVE_C:
             weights, memory_format=torch.contiguous_format
         )
 
-
     @torch.library.register_fake("latentquant::logistic_fit_lbfgs")
     def _(data, weights, labels, sample_weight, num_classes, l2, onehot, max_iter, tol, num_threads):
         return torch.empty_like(weights, memory_format=torch.contiguous_format), num_classes.new_empty(
@@ -235,7 +234,9 @@ def logistic_fit_lbfgs(
         ValueError: wrong ranks, dtypes, shapes or ranges (labels, codes, num_classes), or no CPU kernel.
     """
     if _dispatch_key(data) not in _FIT_KERNEL_KEYS:
-        raise ValueError(f"{_OP_FIT}: no compiled kernel for device {data.device} (CPU builds with latentquant._C)")
+        raise ValueError(
+            f"{_OP_FIT}: no compiled kernel for device {data.device} (CPU builds with latentquant._C)"
+        )
     return torch.ops.latentquant.logistic_fit_lbfgs(
         data, weights, labels, sample_weight, num_classes, l2, onehot, max_iter, tol, num_threads
     )
