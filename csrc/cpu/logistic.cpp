@@ -1461,19 +1461,28 @@ std::tuple<at::Tensor, at::Tensor> logistic_fit_lbfgs_cpu(const at::Tensor& data
     T* w = weights.data_ptr<T>();
     std::atomic<int64_t> next{0};
     const int vb = vector_bytes();
-    // One-hot: the row offsets code * Cp, sample-major (N, G) int32, for each Cp of 1 to 4 vectors that a
-    // target needs (built once, read by every thread).
-    std::vector<std::vector<int32_t>> row_offsets(kMaxFitVectors);
-    if (onehot && (f1 - 1) * kMaxFitVectors * (vb / static_cast<int64_t>(sizeof(T))) < (int64_t(1) << 31)) {
-      const int64_t lanes = vb / static_cast<int64_t>(sizeof(T)), groups = data.size(0);
+    // One-hot: a target's vectors are those of the widest copy, except AVX2's for at most 32 bytes of classes
+    // (C <= 8 floats): as many vectors, half the bytes per gathered row and per scattered store. Its classes
+    // are padded to Cp, whole vectors; the row offsets code * Cp, sample-major (N, G) int32, are built once per
+    // Cp of 1 to 4 vectors that a target needs, and read by every thread (keyed by Cp in 16-byte units).
+    const int64_t unit = 16 / static_cast<int64_t>(sizeof(T));
+    auto onehot_vb = [&](int64_t t) { return vb == 64 && nc[t] * static_cast<int64_t>(sizeof(T)) <= 32 ? 32 : vb; };
+    auto padded = [&](int64_t t) {
+      const int64_t lanes = onehot_vb(t) / static_cast<int64_t>(sizeof(T));
+      return (nc[t] + lanes - 1) / lanes * lanes;
+    };
+    auto fits = [&](int64_t t) { return padded(t) <= kMaxFitVectors * (onehot_vb(t) / static_cast<int64_t>(sizeof(T))); };
+    std::vector<std::vector<int32_t>> row_offsets(kMaxFitVectors * 64 / 16 + 1);
+    if (onehot && (f1 - 1) * kMaxFitVectors * (64 / static_cast<int64_t>(sizeof(T))) < (int64_t(1) << 31)) {
+      const int64_t groups = data.size(0);
       const int64_t* codes = data.data_ptr<int64_t>();
       for (int64_t t = 0; t < targets; ++t) {
-        const int64_t v = (nc[t] + lanes - 1) / lanes;
-        if (v > kMaxFitVectors || !row_offsets[v - 1].empty()) continue;
-        auto& offs = row_offsets[v - 1];
+        const int64_t cp = padded(t);
+        if (!fits(t) || !row_offsets[cp / unit].empty()) continue;
+        auto& offs = row_offsets[cp / unit];
         offs.resize(n * groups);
         for (int64_t gi = 0; gi < groups; ++gi)
-          for (int64_t j = 0; j < n; ++j) offs[j * groups + gi] = static_cast<int32_t>(codes[gi * n + j] * v * lanes);
+          for (int64_t j = 0; j < n; ++j) offs[j * groups + gi] = static_cast<int32_t>(codes[gi * n + j] * cp);
       }
     }
     auto worker = [&]() {
@@ -1481,11 +1490,9 @@ std::tuple<at::Tensor, at::Tensor> logistic_fit_lbfgs_cpu(const at::Tensor& data
         const int64_t t = order[i];
         T* x = w + t * width * f1;  // the target's real classes: its first nc[t] rows
         if (onehot) {
-          const int64_t lanes = vb / static_cast<int64_t>(sizeof(T));
-          const int64_t cp = (nc[t] + lanes - 1) / lanes * lanes;
-          const std::vector<int32_t>* offsets = cp <= kMaxFitVectors * lanes ? &row_offsets[cp / lanes - 1] : nullptr;
-          OneHotEval<T> eval(data.data_ptr<int64_t>(), lab + t * n, sw + t * n, n, data.size(0), f1, nc[t], vb,
-                             offsets);
+          const std::vector<int32_t>* offsets = fits(t) ? &row_offsets[padded(t) / unit] : nullptr;
+          OneHotEval<T> eval(data.data_ptr<int64_t>(), lab + t * n, sw + t * n, n, data.size(0), f1, nc[t],
+                             onehot_vb(t), offsets);
           iters[t] = fit_target<T>(eval, x, nc[t], f1, l2p[t], max_iter, tol);
         } else {
           DenseEval<T> eval(data.data_ptr<T>(), lab + t * n, sw + t * n, n, f1, nc[t], vb);
