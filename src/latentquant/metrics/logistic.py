@@ -9,14 +9,19 @@ per target, with a batched L-BFGS: history 10 and the stopping rules and iterati
 L-BFGS-B as scikit-learn calls it (at most ``max_iter`` iterations, max |gradient| <= ``tol``, relative
 decrease <= 64 eps); the line search is Armijo backtracking with quadratic interpolation rather than
 scipy's More-Thuente, so iterates differ slightly on the way to the same optimum. Every target keeps its
-own curvature history and step length, in one loop over all targets (its bookkeeping runs once per
-iteration, not once per group); the features are shared, so each evaluation is one call of
-``latentquant::logistic_loss_grad`` per group of targets (on CPU a fused C++ pass over blocks of samples; on
-other devices a matrix product and torch ops). One-hot features of discrete latents can be given as
-their codes (:class:`OneHotCodes`): each evaluation is then ``latentquant::logistic_onehot_loss_grad``,
-G gathered weight columns per sample instead of an F-long product (F ~ hundreds of one-hot columns), the
-same numbers. Targets are batched in groups of similar class counts; within a group, targets with fewer
-classes are padded with classes that are never predicted.
+own curvature history and step length, so the targets' fits are independent.
+
+On CPU (with the compiled extension) the whole fit is one call of ``latentquant::logistic_fit_lbfgs``: the
+targets are shared out, widest first, among ``workers`` threads of its own, and each evaluation is the fused
+C++ pass over blocks of samples of the loss ops below, on one target's real classes. Elsewhere (CUDA, no
+extension) the same algorithm runs as one loop over all targets in torch ops (its bookkeeping once per
+iteration, not once per group), each evaluation one call of ``latentquant::logistic_loss_grad`` per group of
+targets of similar class counts (targets with fewer classes padded with classes that are never predicted).
+Both give the same iterates up to rounding (float64: cross-entropies within ~1e-11, the same iteration
+counts; tests/test_logistic_kernel.py). One-hot features of discrete latents can be given as their codes
+(:class:`OneHotCodes`): each evaluation then gathers G weight columns per sample and scatter-adds the
+gradient (``latentquant::logistic_onehot_loss_grad``) instead of an F-long product (F ~ hundreds of one-hot
+columns), the same numbers.
 """
 
 from __future__ import annotations

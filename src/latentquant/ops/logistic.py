@@ -8,6 +8,10 @@ given as integer codes (``logistic_onehot_loss_grad``: gathered weight columns a
 of two dense products). CPU: C++ (csrc/cpu/logistic.cpp), one fused pass over blocks of samples. Other
 devices (CUDA) and builds without the extension: the torch compositions of
 ``latentquant.reference.logistic``. No autograd: the ops return their own gradient.
+
+``latentquant::logistic_fit_lbfgs`` (CPU only) runs the whole L-BFGS of
+:func:`latentquant.metrics.logistic.fit_logistic` on those kernels in one call, the targets shared among
+threads of its own; on other devices fit_logistic runs its torch loop instead.
 """
 
 from __future__ import annotations
