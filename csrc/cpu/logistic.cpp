@@ -34,9 +34,10 @@
 //
 // Instruction sets: the kernel body is one always-inline template compiled three times, for the x86-64
 // baseline (16-byte vectors), with __attribute__((target("avx2,fma"))) (32 bytes) and with AVX-512 (F, DQ, VL,
-// BW; 64 bytes); the widest the CPU has (checked at run time) runs, unless LATENTQUANT_DISABLE_AVX512=1 (stop
-// at AVX2) or LATENTQUANT_DISABLE_AVX2=1 (the baseline), which the tests use to run every copy. The copies
-// differ only in rounding (FMA contraction, the lane order of sums). Measured on the 2-core Zen 4 (N = 50,000,
+// BW; 64 bytes); the widest the CPU has (checked at run time) runs, float64 at most the AVX2 copy
+// (vector_bytes_for), unless LATENTQUANT_DISABLE_AVX512=1 (stop at AVX2) or LATENTQUANT_DISABLE_AVX2=1 (the
+// baseline), which the tests use to run every copy. The copies differ only in rounding (FMA contraction, the
+// lane order of sums). Measured on the 2-core Zen 4 (N = 50,000,
 // 12 latents x 6 sources, float32, ms per call of one target): dense C = 4 0.29 (AVX2 0.64), C = 15 1.04
 // (1.37); one-hot C = 15 3.26 (4.91).
 //
@@ -597,7 +598,7 @@ int vector_bytes_for(bool is_double) {
 template <typename P>
 using ChunkFn = void (*)(const P&, const ChunkRange&);
 
-// The chunk runner for vectors of vb bytes (vector_bytes()).
+// The chunk runner for vectors of vb bytes (vector_bytes_for()).
 template <typename P>
 ChunkFn<P> pick_chunk_fn(int vb) {
 #if LQ_HAVE_AVX2_PATH
