@@ -16,6 +16,7 @@ from latentquant.ops import _registry
 from latentquant.ops.logistic import (
     _check_onehot_ref_inputs,
     _check_ref_inputs,
+    logistic_fit_lbfgs,
     logistic_loss_grad,
     logistic_onehot_loss_grad,
 )
@@ -24,14 +25,17 @@ from latentquant.reference.logistic import logistic_loss_grad_ref, logistic_oneh
 HAVE_KERNEL = _registry.has_kernel("logistic_loss_grad", "CPU")
 needs_kernel = pytest.mark.skipif(not HAVE_KERNEL, reason="latentquant._C not built")
 
-# The kernel's two instruction-set copies: "default" is the AVX2 one where the CPU has AVX2 and FMA.
-PATHS = ["default", "generic"]
+# The kernel's instruction-set copies: "default" is the widest the CPU has (AVX-512, else AVX2 + FMA, else the
+# baseline), "avx2" stops below AVX-512, "generic" is the x86-64 baseline.
+PATHS = ["default", "avx2", "generic"]
 
 
 @pytest.fixture(params=PATHS)
 def path(request, monkeypatch):
     if request.param == "generic":
         monkeypatch.setenv("LATENTQUANT_DISABLE_AVX2", "1")  # read by the kernel on every call
+    if request.param == "avx2":
+        monkeypatch.setenv("LATENTQUANT_DISABLE_AVX512", "1")
     return request.param
 
 
@@ -281,6 +285,9 @@ def test_instruction_sets_agree(monkeypatch):
     """The AVX2 and baseline copies differ only in rounding (FMA contraction)."""
     x1t, weights, labels, sw = make_problem(3, 15, 13, 3000, torch.float32, seed=9, pad=3)
     loss, grad = logistic_loss_grad(x1t, weights, labels, sw)
+    monkeypatch.setenv("LATENTQUANT_DISABLE_AVX512", "1")
+    loss_a, grad_a = logistic_loss_grad(x1t, weights, labels, sw)
+    assert_close_to(loss, grad, loss_a, grad_a, _scales(x1t, weights, sw), ulps=32)
     monkeypatch.setenv("LATENTQUANT_DISABLE_AVX2", "1")
     loss_g, grad_g = logistic_loss_grad(x1t, weights, labels, sw)
     assert_close_to(loss, grad, loss_g, grad_g, _scales(x1t, weights, sw), ulps=32)
@@ -406,6 +413,7 @@ def test_fit_is_the_same_on_the_oracle_path(monkeypatch):
     labels = torch.stack([logits[:, :3].argmax(1), logits[:, 3:5].argmax(1), logits[:, 5:].argmax(1)], dim=1)
     kernel = fit_logistic(features, labels)
     monkeypatch.setattr(logistic_op, "_KERNEL_KEYS", frozenset())
+    monkeypatch.setattr(logistic_op, "_FIT_KERNEL_KEYS", frozenset())  # the Python L-BFGS loop too
     oracle = fit_logistic(features, labels)
     torch.testing.assert_close(kernel.cross_entropy, oracle.cross_entropy, rtol=0, atol=1e-9)
     torch.testing.assert_close(kernel.weights, oracle.weights, rtol=1e-5, atol=1e-5)
@@ -606,3 +614,202 @@ def test_onehot_label_out_of_range():
         ValueError, match=r"logistic_onehot_loss_grad: labels must lie in \[0, C\) = \[0, 3\)"
     ):
         logistic_onehot_loss_grad(codes, weights, labels, sw)
+
+
+# ---- latentquant::logistic_fit_lbfgs: the whole L-BFGS of fit_logistic in one call ----
+
+# (T, C, F1 or (G, values), N, onehot): N = 0, 1, odd sizes around the block and the chunk; one class; targets
+# of fewer classes than the widest (padded); C of 1 to 5 vectors in every copy (one-hot: 17 and 40 classes).
+FIT_SHAPES = [
+    (1, 3, 4, 0, False),
+    (2, 1, 3, 50, False),
+    (1, 2, 1, 1, False),
+    (3, 5, 6, 257, False),
+    (4, 10, 13, 2049, False),
+    (2, 15, 5, 3001, False),
+    (1, 3, (2, 3), 0, True),
+    (2, 4, (1, 3), 1, True),
+    (3, 8, (3, 5), 255, True),
+    (2, 10, (12, 6), 2100, True),
+    (2, 17, (3, 7), 1031, True),
+    (1, 40, (5, 9), 777, True),
+]
+
+
+def make_fit_problem(t, c, features, n, dtype, seed, onehot):
+    """data (x1t or offset codes), start weights (padded classes of targets with fewer classes: intercept
+    -1e30), labels in [0, num_classes[t]), normalized sample weights, num_classes (the first target has c)."""
+    from latentquant.metrics.logistic import _initial_weights
+
+    g = torch.Generator().manual_seed(seed)
+    num_classes = torch.randint(1, c + 1, (t,), generator=g)
+    num_classes[0] = c
+    if onehot:
+        groups, values = features
+        data = torch.randint(0, values, (groups, n), generator=g) + values * torch.arange(groups)[:, None]
+        f1 = groups * values + 1
+    else:
+        data = torch.randn(features, n, generator=g, dtype=torch.float64)
+        data[-1] = 1.0
+        data = data.to(dtype)
+        f1 = features
+    labels = (torch.rand(t, n, generator=g) * num_classes[:, None]).long()
+    sw = torch.rand(t, n, generator=g, dtype=torch.float64) + 0.1
+    sw = (sw / sw.sum(dim=1, keepdim=True).clamp_min(1e-300)).to(dtype)
+    return data, _initial_weights(num_classes, c, f1, dtype), labels, sw, num_classes
+
+
+def python_fit(data, weights, labels, sw, num_classes, l2, onehot, max_iter, tol):
+    """The Python L-BFGS loop of fit_logistic (what other devices run) on the same problem, one group."""
+    from latentquant.metrics import logistic as metrics_logistic
+
+    op = logistic_onehot_loss_grad if onehot else logistic_loss_grad
+    design = metrics_logistic._Design(data, weights.shape[2], op)
+    group_of = torch.zeros(weights.shape[0], dtype=torch.int64)
+    l2 = None if not bool((l2 != 0).any()) else l2
+    return metrics_logistic._lbfgs(
+        design, weights.clone(), labels, sw, l2, group_of, [weights.shape[1]], max_iter, tol
+    )
+
+
+def fit_loss(data, weights, labels, sw, onehot):
+    return (logistic_onehot_loss_grad if onehot else logistic_loss_grad)(data, weights, labels, sw)[0]
+
+
+@needs_kernel
+@pytest.mark.parametrize("shape", FIT_SHAPES, ids=str)
+def test_fit_matches_the_python_loop(shape, path):
+    """float64: the same iterates as the Python loop up to rounding: losses to 1e-10, weights to 1e-6, and the
+    same iteration counts (within 1)."""
+    t, c, features, n, onehot = shape
+    data, weights, labels, sw, num_classes = make_fit_problem(t, c, features, n, torch.float64, 3, onehot)
+    l2 = torch.zeros(t, dtype=torch.float64)
+    got, iters = logistic_fit_lbfgs(data, weights, labels, sw, num_classes, l2, onehot, 60, 1e-6)
+    want, want_iters = python_fit(data, weights, labels, sw, num_classes, l2, onehot, 60, 1e-6)
+    assert got.shape == weights.shape and iters.dtype == torch.int64
+    torch.testing.assert_close(
+        fit_loss(data, got, labels, sw, onehot), fit_loss(data, want, labels, sw, onehot), rtol=0, atol=1e-10
+    )
+    real = torch.arange(c)[None, :] < num_classes[:, None]
+    torch.testing.assert_close(got[real], want[real], rtol=1e-6, atol=1e-6)
+    assert torch.equal(got[~real], weights[~real])  # padded classes keep their start
+    assert (iters - want_iters).abs().max() <= 1
+    if n == 0 or c == 1:
+        assert (iters == 0).all()
+
+
+@needs_kernel
+@pytest.mark.parametrize("onehot", [False, True])
+def test_fit_with_l2_and_float32_matches_the_python_loop(onehot):
+    """An L2 penalty per target (0 for one of them); float32 reaches the float64 optimum's loss."""
+    features = (4, 5) if onehot else 6
+    data, weights, labels, sw, num_classes = make_fit_problem(3, 6, features, 1500, torch.float64, 4, onehot)
+    l2 = torch.tensor([1e-3, 0.0, 0.05], dtype=torch.float64)
+    got, iters = logistic_fit_lbfgs(data, weights, labels, sw, num_classes, l2, onehot, 200, 1e-8)
+    want, want_iters = python_fit(data, weights, labels, sw, num_classes, l2, onehot, 200, 1e-8)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    assert (iters - want_iters).abs().max() <= 1
+    data32 = data if onehot else data.float()
+    got32, _ = logistic_fit_lbfgs(
+        data32, weights.float(), labels, sw.float(), num_classes, l2.float(), onehot, 200, 1e-4
+    )
+    loss32 = fit_loss(data, got32.double(), labels, sw, onehot)
+    loss64 = fit_loss(data, got, labels, sw, onehot)
+    assert ((loss32 - loss64) <= 1e-5).all()
+
+
+@needs_kernel
+@pytest.mark.parametrize("onehot", [False, True])
+def test_fit_does_not_depend_on_the_thread_count(onehot):
+    features = (3, 4) if onehot else 5
+    args = make_fit_problem(5, 7, features, 5000, torch.float32, 5, onehot)
+    l2 = torch.zeros(5)
+    one = logistic_fit_lbfgs(*args, l2, onehot, 40, 1e-4, 1)
+    three = logistic_fit_lbfgs(*args, l2, onehot, 40, 1e-4, 3)
+    assert torch.equal(one[0], three[0]) and torch.equal(one[1], three[1])
+
+
+@needs_kernel
+def test_fit_zero_iterations_returns_the_start():
+    data, weights, labels, sw, num_classes = make_fit_problem(2, 4, 3, 100, torch.float64, 6, False)
+    got, iters = logistic_fit_lbfgs(
+        data, weights, labels, sw, num_classes, torch.zeros(2).double(), False, 0, 1e-4
+    )
+    assert torch.equal(got, weights) and (iters == 0).all()
+
+
+@needs_kernel
+def test_fit_opcheck():
+    for dtype in (torch.float32, torch.float64):
+        for onehot, features in ((False, 4), (True, (2, 3))):
+            data, weights, labels, sw, num_classes = make_fit_problem(2, 3, features, 300, dtype, 7, onehot)
+            args = (data, weights, labels, sw, num_classes, torch.zeros(2, dtype=dtype), onehot, 10, 1e-4, 2)
+            torch.library.opcheck(torch.ops.latentquant.logistic_fit_lbfgs.default, args)
+
+
+def _bad_fit_inputs():
+    x1t, weights, labels, sw, nc = make_fit_problem(2, 3, 4, 10, torch.float32, 0, False)
+    codes, weights_h, labels_h, sw_h, nc_h = make_fit_problem(2, 3, (2, 2), 10, torch.float32, 0, True)
+    l2 = torch.zeros(2)
+    dense = (x1t, weights, labels, sw, nc, l2, False, 10, 1e-4, 1)
+    onehot = (codes, weights_h, labels_h, sw_h, nc_h, l2, True, 10, 1e-4, 1)
+
+    def with_(args, **changes):
+        names = ("data", "weights", "labels", "sw", "nc", "l2", "onehot", "max_iter", "tol", "threads")
+        return tuple(changes.get(name, arg) for name, arg in zip(names, args))
+
+    bad_label = labels.clone()
+    bad_label[1, 7] = 3
+    bad_code = codes.clone()
+    bad_code[0, 3] = 4
+    return [
+        (with_(dense, data=x1t[0]), r"x1t must have 2 dimensions"),
+        (with_(dense, weights=weights[0]), r"weights must have 3 dimensions"),
+        (with_(dense, weights=weights.half()), r"weights must be float32 or float64"),
+        (with_(dense, data=x1t.double()), r"x1t must have weights' dtype"),
+        (with_(dense, sw=sw.double()), r"sample_weight must have weights' dtype"),
+        (with_(dense, labels=labels.int()), r"labels must be int64"),
+        (
+            with_(dense, weights=weights[:, :, :3]),
+            r"weights must have shape \(T, C, F1\) with F1 = x1t.shape\[0\] = 4",
+        ),
+        (with_(dense, labels=labels[:1]), r"labels must have shape \(T, N\) = \(2, 10\)"),
+        (with_(dense, nc=nc[:1]), r"num_classes must be \(T,\) = \(2,\) int64"),
+        (with_(dense, nc=nc.int()), r"num_classes must be \(T,\) = \(2,\) int64"),
+        (
+            with_(dense, nc=torch.tensor([3, 4])),
+            r"num_classes must lie in \[1, C\] = \[1, 3\], C = weights.shape\[1\]; got 4 for target 1",
+        ),
+        (
+            with_(dense, nc=torch.tensor([3, 0])),
+            r"num_classes must lie in \[1, C\] = \[1, 3\], C = weights.shape\[1\]; got 0 for target 1",
+        ),
+        (with_(dense, l2=torch.zeros(3)), r"l2 must be \(T,\) = \(2,\) in weights' dtype"),
+        (with_(dense, l2=torch.zeros(2).double()), r"l2 must be \(T,\) = \(2,\) in weights' dtype"),
+        (
+            with_(dense, labels=bad_label),
+            r"labels of target 1 must lie in \[0, num_classes\[t\]\) = \[0, \d\), got 3",
+        ),
+        (with_(dense, max_iter=-1), r"max_iter must be >= 0, got -1"),
+        (with_(dense, tol=-1.0), r"tol must be >= 0"),
+        (with_(dense, threads=0), r"num_threads must be >= 1, got 0"),
+        (with_(onehot, data=codes.int()), r"codes must be int64"),
+        (with_(onehot, data=bad_code), r"codes must lie in \[0, F\) = \[0, 4\)"),
+    ]
+
+
+@needs_kernel
+@pytest.mark.parametrize("case", range(len(_bad_fit_inputs())))
+def test_fit_bad_input_messages(case):
+    args, message = _bad_fit_inputs()[case]
+    with pytest.raises(ValueError, match="logistic_fit_lbfgs: " + message):
+        logistic_fit_lbfgs(*args)
+
+
+def test_fit_without_a_kernel_is_a_clear_error(monkeypatch):
+    from latentquant.ops import logistic as logistic_op
+
+    monkeypatch.setattr(logistic_op, "_FIT_KERNEL_KEYS", frozenset())
+    data, weights, labels, sw, nc = make_fit_problem(1, 2, 3, 10, torch.float64, 0, False)
+    with pytest.raises(ValueError, match="logistic_fit_lbfgs: no compiled kernel for device cpu"):
+        logistic_fit_lbfgs(data, weights, labels, sw, nc, torch.zeros(1).double(), False, 10, 1e-4)

@@ -109,9 +109,28 @@ def test_bad_arguments_are_named() -> None:
         fit_logistic(torch.zeros(4, 2), torch.zeros(5, 1, dtype=torch.int64))
     with pytest.raises(ValueError, match="class_weight must be"):
         fit_logistic(torch.zeros(4, 2), torch.zeros(4, 1, dtype=torch.int64), class_weight="auto")
+    with pytest.raises(ValueError, match="workers must be >= 1, got 0"):
+        fit_logistic(torch.zeros(4, 2), torch.zeros(4, 1, dtype=torch.int64), workers=0)
     fit = fit_logistic(torch.randn(6, 2), torch.tensor([[0], [1], [0], [1], [0], [1]]))
     with pytest.raises(ValueError, match=r"features must have shape \(N, 2\)"):
         predict_logistic(fit, torch.zeros(3, 5))
+
+
+@pytest.mark.parametrize("one_hot", [False, True])
+def test_workers_change_nothing(
+    problem: tuple[np.ndarray, np.ndarray], discrete_problem: tuple[np.ndarray, np.ndarray], one_hot: bool
+) -> None:
+    """The targets shared among threads: the same fit, bit for bit."""
+    if one_hot:
+        codes, y = discrete_problem
+        features = OneHotCodes(torch.from_numpy(codes), torch.from_numpy(codes.max(axis=0) + 1))
+    else:
+        x, y = problem
+        features = torch.from_numpy(x).float()
+    one = fit_logistic(features, torch.from_numpy(y))
+    three = fit_logistic(features, torch.from_numpy(y), workers=3)
+    assert torch.equal(one.weights, three.weights) and torch.equal(one.n_iter, three.n_iter)
+    assert torch.equal(one.cross_entropy, three.cross_entropy)
 
 
 @pytest.fixture(scope="module")

@@ -9,14 +9,19 @@ per target, with a batched L-BFGS: history 10 and the stopping rules and iterati
 L-BFGS-B as scikit-learn calls it (at most ``max_iter`` iterations, max |gradient| <= ``tol``, relative
 decrease <= 64 eps); the line search is Armijo backtracking with quadratic interpolation rather than
 scipy's More-Thuente, so iterates differ slightly on the way to the same optimum. Every target keeps its
-own curvature history and step length, in one loop over all targets (its bookkeeping runs once per
-iteration, not once per group); the features are shared, so each evaluation is one call of
-``latentquant::logistic_loss_grad`` per group of targets (on CPU a fused C++ pass over blocks of samples; on
-other devices a matrix product and torch ops). One-hot features of discrete latents can be given as
-their codes (:class:`OneHotCodes`): each evaluation is then ``latentquant::logistic_onehot_loss_grad``,
-G gathered weight columns per sample instead of an F-long product (F ~ hundreds of one-hot columns), the
-same numbers. Targets are batched in groups of similar class counts; within a group, targets with fewer
-classes are padded with classes that are never predicted.
+own curvature history and step length, so the targets' fits are independent.
+
+On CPU (with the compiled extension) the whole fit is one call of ``latentquant::logistic_fit_lbfgs``: the
+targets are shared out, widest first, among ``workers`` threads of its own, and each evaluation is the fused
+C++ pass over blocks of samples of the loss ops below, on one target's real classes. Elsewhere (CUDA, no
+extension) the same algorithm runs as one loop over all targets in torch ops (its bookkeeping once per
+iteration, not once per group), each evaluation one call of ``latentquant::logistic_loss_grad`` per group of
+targets of similar class counts (targets with fewer classes padded with classes that are never predicted).
+Both give the same iterates up to rounding (float64: cross-entropies within ~1e-11, the same iteration
+counts; tests/test_logistic_kernel.py). One-hot features of discrete latents can be given as their codes
+(:class:`OneHotCodes`): each evaluation then gathers G weight columns per sample and scatter-adds the
+gradient (``latentquant::logistic_onehot_loss_grad``) instead of an F-long product (F ~ hundreds of one-hot
+columns), the same numbers.
 """
 
 from __future__ import annotations
@@ -28,7 +33,12 @@ from typing import NamedTuple
 import torch
 
 from latentquant.metrics._inputs import cpu_threads
-from latentquant.ops.logistic import logistic_loss_grad, logistic_onehot_loss_grad
+from latentquant.ops.logistic import (
+    has_fit_kernel,
+    logistic_fit_lbfgs,
+    logistic_loss_grad,
+    logistic_onehot_loss_grad,
+)
 
 _HISTORY = 10
 _MAX_LINE_SEARCH = 50
@@ -203,6 +213,7 @@ def fit_logistic(
     max_iter: int = 100,
     tol: float = 1e-4,
     num_threads: int | None = 1,
+    workers: int = 1,
 ) -> LogisticFit:
     """Fit one multinomial logistic regression per column of ``labels`` on shared ``features``.
 
@@ -222,6 +233,9 @@ def fit_logistic(
             setting. The default 1: the fit is a long chain of small ops, which a second thread barely
             speeds up on an idle machine and slows down by 10-30x on a shared one (measured here: 0.6 s
             vs 16.7 s for N = 1200 under load 10 on 2 cores), as every op waits for a descheduled thread.
+        workers: threads of the CPU fit kernel (``latentquant::logistic_fit_lbfgs``), which share out the
+            targets, widest first; threads of its own that block rather than spin, so a busy machine costs no
+            more than the time they lose. A target's fit does not depend on it.
 
     Returns:
         :class:`LogisticFit` with weights (T, C_max, F + 1), unweighted cross-entropy (T,) and iterations (T,).
@@ -239,13 +253,15 @@ def fit_logistic(
         )
     if class_weight not in ("balanced", None):
         raise ValueError(f"class_weight must be 'balanced' or None, got {class_weight!r}")
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
     labels = labels.to(device=features.device, dtype=torch.int64)
     if num_classes is None:
         num_classes = labels.max(dim=0).values + 1
     num_classes = num_classes.to(device=features.device, dtype=torch.int64)
     groups = _class_count_groups(num_classes.tolist())
     with cpu_threads(features.device, num_threads):
-        return _fit(features, labels, num_classes, groups, class_weight, l2, max_iter, tol)
+        return _fit(features, labels, num_classes, groups, class_weight, l2, max_iter, tol, workers)
 
 
 def _class_count_groups(num_classes: list[int], max_padding: float = 1.25) -> list[list[int]]:
@@ -327,10 +343,13 @@ def _fit(
     l2: float,
     max_iter: int,
     tol: float,
+    workers: int = 1,
 ) -> LogisticFit:
-    """One batched L-BFGS over every target: the per-iteration bookkeeping (two-loop recursion, line-search
-    tests, history updates) runs once for all targets, and each evaluation calls the op once per class-count
-    group on that group's width (``groups`` from :func:`_class_count_groups`)."""
+    """The fit: on CPU with the extension the whole L-BFGS is one call of ``latentquant::logistic_fit_lbfgs``
+    (the targets shared among ``workers`` threads); elsewhere one batched L-BFGS over every target, whose
+    per-iteration bookkeeping (two-loop recursion, line-search tests, history updates) runs once for all
+    targets, each evaluation calling the op once per class-count group on that group's width (``groups`` from
+    :func:`_class_count_groups`). Both run the same algorithm; each target's iterates depend only on itself."""
     labels = labels.T.contiguous()
     num_targets, num_samples = labels.shape
     width = int(num_classes.max())
@@ -359,6 +378,46 @@ def _fit(
     else:
         l2_per_target = None
     weights = _initial_weights(num_classes, width, num_features, dtype)
+    all_targets = torch.arange(num_targets, device=device)
+    if has_fit_kernel(design.data):
+        weights, n_iter = logistic_fit_lbfgs(
+            design.data,
+            weights,
+            labels,
+            sample_weight,
+            num_classes,
+            l2_per_target if l2_per_target is not None else weights.new_zeros(num_targets),
+            isinstance(features, OneHotCodes),
+            max_iter,
+            tol,
+            workers,
+        )
+    else:
+        weights, n_iter = _lbfgs(
+            design, weights, labels, sample_weight, l2_per_target, group_of, widths, max_iter, tol
+        )
+    # The unweighted mean cross-entropy: the loss with uniform sample weights.
+    uniform = torch.full_like(sample_weight, 1.0 / max(num_samples, 1))
+    cross_entropy = _evaluate(
+        design, weights, _parts(all_targets, group_of, widths, width, labels, uniform), None
+    )[0].to(torch.float64)
+    return LogisticFit(weights=weights, cross_entropy=cross_entropy, n_iter=n_iter)
+
+
+def _lbfgs(
+    design: _Design,
+    weights: torch.Tensor,
+    labels: torch.Tensor,
+    sample_weight: torch.Tensor,
+    l2_per_target: torch.Tensor | None,
+    group_of: torch.Tensor,
+    widths: list[int],
+    max_iter: int,
+    tol: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The batched L-BFGS loop in torch ops (devices without the fit kernel): final weights and iterations."""
+    num_targets, width, num_features = weights.shape
+    dtype, device = weights.dtype, weights.device
     all_targets = torch.arange(num_targets, device=device)
     parts = _parts(all_targets, group_of, widths, width, labels, sample_weight)
     loss, gradient = _evaluate(design, weights, parts, l2_per_target)
@@ -429,13 +488,7 @@ def _fit(
         scale = torch.maximum(torch.maximum(f_a.abs(), new_f.abs()), torch.ones_like(f_a))
         converged = (new_g.abs().amax(dim=1) <= tol) | (decrease <= ftol * scale)
         active[idx] = moved & ~converged
-
-    # The unweighted mean cross-entropy: the loss with uniform sample weights.
-    uniform = torch.full_like(sample_weight, 1.0 / max(num_samples, 1))
-    cross_entropy = _evaluate(
-        design, weights, _parts(all_targets, group_of, widths, width, labels, uniform), None
-    )[0].to(torch.float64)
-    return LogisticFit(weights=weights, cross_entropy=cross_entropy, n_iter=n_iter)
+    return weights, n_iter
 
 
 def predict_proba_logistic(fit: LogisticFit, features: torch.Tensor | OneHotCodes) -> torch.Tensor:

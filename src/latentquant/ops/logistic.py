@@ -8,6 +8,10 @@ given as integer codes (``logistic_onehot_loss_grad``: gathered weight columns a
 of two dense products). CPU: C++ (csrc/cpu/logistic.cpp), one fused pass over blocks of samples. Other
 devices (CUDA) and builds without the extension: the torch compositions of
 ``latentquant.reference.logistic``. No autograd: the ops return their own gradient.
+
+``latentquant::logistic_fit_lbfgs`` (CPU only) runs the whole L-BFGS of
+:func:`latentquant.metrics.logistic.fit_logistic` on those kernels in one call, the targets shared among
+threads of its own; on other devices fit_logistic runs its torch loop instead.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from latentquant.reference.logistic import logistic_loss_grad_ref, logistic_oneh
 
 _OP = "logistic_loss_grad"
 _OP_ONEHOT = "logistic_onehot_loss_grad"
+_OP_FIT = "logistic_fit_lbfgs"
 
 if _registry.HAVE_C:
 
@@ -34,13 +39,20 @@ if _registry.HAVE_C:
             weights, memory_format=torch.contiguous_format
         )
 
+    @torch.library.register_fake("latentquant::logistic_fit_lbfgs")
+    def _(data, weights, labels, sample_weight, num_classes, l2, onehot, max_iter, tol, num_threads):
+        return torch.empty_like(weights, memory_format=torch.contiguous_format), num_classes.new_empty(
+            weights.shape[0]
+        )
 
-_registry.PUBLIC_OPS.extend([_OP, _OP_ONEHOT])
+
+_registry.PUBLIC_OPS.extend([_OP, _OP_ONEHOT, _OP_FIT])
 
 # Dispatch keys with a compiled kernel, looked up once: the wrapper then costs one set lookup per call,
 # and torch.compile traces it without a graph break.
 _KERNEL_KEYS = frozenset(key for key in ("CPU", "CUDA") if _registry.has_kernel(_OP, key))
 _ONEHOT_KERNEL_KEYS = frozenset(key for key in ("CPU", "CUDA") if _registry.has_kernel(_OP_ONEHOT, key))
+_FIT_KERNEL_KEYS = frozenset(key for key in ("CPU", "CUDA") if _registry.has_kernel(_OP_FIT, key))
 
 
 def _dispatch_key(t: torch.Tensor) -> str:
@@ -183,3 +195,52 @@ def logistic_onehot_loss_grad(
         return torch.ops.latentquant.logistic_onehot_loss_grad(codes, weights, labels, sample_weight)
     _check_onehot_ref_inputs(codes, weights, labels, sample_weight)
     return logistic_onehot_loss_grad_ref(codes, weights, labels, sample_weight)
+
+
+def has_fit_kernel(t: torch.Tensor) -> bool:
+    """Whether :func:`logistic_fit_lbfgs` has a compiled kernel for ``t``'s device (CPU builds with the extension)."""
+    return _dispatch_key(t) in _FIT_KERNEL_KEYS
+
+
+def logistic_fit_lbfgs(
+    data: torch.Tensor,
+    weights: torch.Tensor,
+    labels: torch.Tensor,
+    sample_weight: torch.Tensor,
+    num_classes: torch.Tensor,
+    l2: torch.Tensor,
+    onehot: bool,
+    max_iter: int,
+    tol: float,
+    num_threads: int = 1,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The whole L-BFGS of :func:`latentquant.metrics.logistic.fit_logistic` in one call (CPU kernel only).
+
+    The algorithm of the Python loop there (history 10, Armijo backtracking with quadratic interpolation, the
+    same stops), each target fit on its own real classes, the targets shared among ``num_threads`` threads
+    (std::threads that block rather than spin); a target's result does not depend on the thread count.
+
+    Args:
+        data: dense features x1t (F1, N) in weights' dtype (last row ones), or with ``onehot`` offset codes
+            (G, N) int64 in [0, F1 - 1) (:meth:`OneHotCodes.offset_codes`).
+        weights: (T, C, F1) float32/float64 start (padded classes keep their rows untouched).
+        labels: (T, N) int64 in [0, num_classes[t]).
+        sample_weight: (T, N) in weights' dtype.
+        num_classes: (T,) int64 in [1, C].
+        l2: (T,) penalty per target in weights' dtype (0: none).
+        onehot: ``data`` are codes.
+        max_iter: iteration budget (>= 0); tol: stop at max |gradient| <= tol (>= 0); num_threads: >= 1.
+
+    Returns:
+        weights (T, C, F1) and iterations that moved (T,) int64.
+
+    Raises:
+        ValueError: wrong ranks, dtypes, shapes or ranges (labels, codes, num_classes), or no CPU kernel.
+    """
+    if _dispatch_key(data) not in _FIT_KERNEL_KEYS:
+        raise ValueError(
+            f"{_OP_FIT}: no compiled kernel for device {data.device} (CPU builds with latentquant._C)"
+        )
+    return torch.ops.latentquant.logistic_fit_lbfgs(
+        data, weights, labels, sample_weight, num_classes, l2, onehot, max_iter, tol, num_threads
+    )
