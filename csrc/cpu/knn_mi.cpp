@@ -29,9 +29,15 @@
 #include <cmath>
 #include <limits>
 #include <numeric>
+#include <cstdlib>
 #include <vector>
 
 #include <torch/library.h>
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define LATENTQUANT_MI_AVX512 1
+#endif
 
 #include "../common.h"
 
@@ -292,6 +298,7 @@ struct CdScratch {
   std::vector<double> buf;
   std::vector<double> gaps;       // D == 1: squared gaps of a block (window_block)
   std::vector<int32_t> hist;      // D == 1: how many points have each count m (zero between pairs)
+  std::vector<double> last8, first8;  // D == 1, AVX-512: block samples of kept (count_block_avx512)
 };
 
 // Counts m of one pair as a histogram, summed as sum_m hist[m] psi(m) at the end: one increment per point
@@ -476,6 +483,102 @@ __attribute__((target_clones("avx2", "default"))) void window_block(const double
   }
 }
 
+#ifdef LATENTQUANT_MI_AVX512
+// AVX-512 versions of window_block + count_block, chosen at run time (avx512_usable). Same values bit for
+// bit: the same IEEE sub/mul/min/max/sqrt on the same doubles, and integer counts.
+//
+// window_block_avx512: 8 points per vector, every squared gap of the window in registers (no table in
+// memory): D = (run[i] - run[i -/+ j])^2 equals the baseline's (run[i -/+ j] - run[i])^2 exactly. Reads
+// up to 7 entries past the block's end (the run buffer keeps 8 spare entries after its last class).
+__attribute__((target("avx512f,avx512dq"))) void window_block_avx512(const double* run, int64_t len, int64_t k,
+                                                                     double* r2, int32_t* i0, int32_t* i1) {
+  __m512d dl[kMaxWindow + 2], dr[kMaxWindow + 2];
+  const __m512i one = _mm512_set1_epi64(1);
+  for (int64_t i = 0; i < len; i += 8) {
+    const __m512d v = _mm512_loadu_pd(run + i);
+    for (int64_t j = 1; j <= k + 1; ++j) {
+      const __m512d a = _mm512_sub_pd(v, _mm512_loadu_pd(run + i - j));
+      const __m512d b = _mm512_sub_pd(_mm512_loadu_pd(run + i + j), v);
+      dl[j] = _mm512_mul_pd(a, a);
+      dr[j] = _mm512_mul_pd(b, b);
+    }
+    __m512d m = _mm512_min_pd(dr[k], dl[k]);  // all k on one side
+    for (int64_t j = 1; j < k; ++j) m = _mm512_min_pd(m, _mm512_max_pd(dl[j], dr[k - j]));
+    // below(sqrt(m)), squared
+    const __m512d root = _mm512_sqrt_pd(m);
+    const __mmask8 nonzero = _mm512_cmp_pd_mask(root, _mm512_setzero_pd(), _CMP_NEQ_UQ);
+    const __m512d r =
+        _mm512_castsi512_pd(_mm512_mask_sub_epi64(_mm512_castpd_si512(root), nonzero, _mm512_castpd_si512(root), one));
+    const __m512d rr = _mm512_mul_pd(r, r);
+    __m512i c0 = _mm512_setzero_si512(), c1 = _mm512_setzero_si512();
+    for (int64_t j = 1; j <= k + 1; ++j) {
+      c0 = _mm512_mask_add_epi64(c0, _mm512_cmp_pd_mask(dl[j], rr, _CMP_LE_OQ), c0, one);
+      c1 = _mm512_mask_add_epi64(c1, _mm512_cmp_pd_mask(dr[j], rr, _CMP_LE_OQ), c1, one);
+    }
+    _mm512_storeu_pd(r2 + i, rr);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(i0 + i), _mm512_cvtepi64_epi32(c0));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(i1 + i), _mm512_cvtepi64_epi32(c1));
+  }
+}
+
+// count_block_avx512: the count within r, bracketed as in count_block, without a fixed-width scan: a
+// two-level search over aligned blocks of 8 positions of the padded sorted array kp. last8[b] / first8[b]
+// hold kp[8b + 7] / kp[8b] (the last / first entry of block b); on the left of the inside same-label entry
+// `in` (block B), the inside entries among last8[B - 8 .. B - 1] (contiguous next to B) say which block T
+// holds the boundary, and the inside entries of block T (the positions past `in` forced inside) say where
+// in it. The right side likewise with first8. Two vector compares per side, no branch, for a boundary up
+// to 64 positions from `in`; beyond that (rare) the binary search over the rest of the bracket.
+// Positions are in kp's coordinates (kept's + kSearchWidth), so B - 8 >= 0; the arrays are padded with
+// +inf past the end.
+__attribute__((target("avx512f"))) inline __mmask8 inside_mask(const double* at, __m512d x, __m512d r2) {
+  const __m512d d = _mm512_sub_pd(x, _mm512_loadu_pd(at));
+  return _mm512_cmp_pd_mask(_mm512_mul_pd(d, d), r2, _CMP_LE_OQ);
+}
+
+__attribute__((target("avx512f"))) void count_block_avx512(const double* kp, const double* last8,
+                                                           const double* first8, const double* run,
+                                                           const int32_t* run_g, int64_t len, int64_t k,
+                                                           const double* r2, const int32_t* i0,
+                                                           const int32_t* i1, int32_t* m) {
+  constexpr int64_t off = kSearchWidth;
+  for (int64_t t = 0; t < len; ++t) {
+    const int64_t a = i0[t], b = i1[t];
+    if (a > k || b > k) [[unlikely]] {
+      m[t] = -1;  // exact ties beyond the window
+      continue;
+    }
+    const int64_t lo_in = run_g[t - a] + off, hi_in = run_g[t + b] + off;
+    const __m512d x = _mm512_set1_pd(run[t]), rr = _mm512_set1_pd(r2[t]);
+    // left: the inside entries among last8[B - 8 .. B - 1] say the boundary is in block T = B - count;
+    // the 8 positions ending at min(8 T + 7, in) hold it (those below it are outside, those above inside)
+    const int64_t bl = lo_in >> 3;
+    const int64_t cl = __builtin_popcount(static_cast<unsigned>(inside_mask(last8 + bl - 8, x, rr)));
+    const int64_t end_l = std::min(8 * (bl - cl) + 7, lo_in);
+    int64_t lo = end_l + 1 - __builtin_popcount(static_cast<unsigned>(inside_mask(kp + end_l - 7, x, rr)));
+    // right: likewise with first8[B + 1 .. B + 8], the 8 positions from max(8 T, in)
+    const int64_t br = hi_in >> 3;
+    const int64_t cr = __builtin_popcount(static_cast<unsigned>(inside_mask(first8 + br + 1, x, rr)));
+    const int64_t start_r = std::max(8 * (br + cr), hi_in);
+    int64_t hi = start_r - 1 + __builtin_popcount(static_cast<unsigned>(inside_mask(kp + start_r, x, rr)));
+    if (cl == 8) [[unlikely]]  // the boundary is more than 64 positions away: binary search the rest
+      lo = edge_within(kp, 8 * (bl - 8) + 7, run_g[t - a - 1] + off, run[t], r2[t]);
+    if (cr == 8) [[unlikely]]
+      hi = edge_within(kp, 8 * (br + 8), run_g[t + b + 1] + off, run[t], r2[t]);
+    m[t] = static_cast<int32_t>(hi - lo + 1);
+  }
+}
+
+// Whether the AVX-512 versions run: the CPU has AVX-512 F + DQ, and LATENTQUANT_MI_NO_AVX512 is unset or
+// 0 (the switch lets the tests run the baseline path too).
+bool avx512_usable() {
+  static const bool cpu = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq");
+  const char* off = std::getenv("LATENTQUANT_MI_NO_AVX512");
+  return cpu && !(off != nullptr && off[0] != '\0' && std::strcmp(off, "0") != 0);
+}
+#else
+bool avx512_usable() { return false; }
+#endif
+
 // Scalar latent. One pass in sorted order groups the values by label (each run sorted, with k + 1 sentinel
 // entries of -inf before and +inf after it) and collects the non-singleton values in sorted order (`kept`).
 // Per point t of a run (k = min(n_neighbors, count - 1)):
@@ -490,14 +593,14 @@ __attribute__((target_clones("avx2", "default"))) void window_block(const double
 //    Only when all k + 1 entries are inside (exact ties, e.g. duplicated values) does it gallop further.
 // Every distance is sq(x - v) of the same doubles scikit-learn compares, so the counts are identical.
 double mi_cd_scalar(const Column& col, const Codes& lab, int64_t n, int64_t n_neighbors,
-                    const std::vector<double>& psi, CdScratch& s) {
+                    const std::vector<double>& psi, CdScratch& s, bool avx512) {
   const int64_t pad = n_neighbors + 1;
   const int64_t classes = static_cast<int64_t>(lab.count.size());
   class_offsets(lab, s, pad);
   const int64_t total = s.offset[classes];
-  s.run.resize(total);
+  s.run.assign(total + 8, kInf);  // 8 spare entries: read (ignored) by window_block_avx512
   s.run_g.resize(total);
-  s.kept.resize(n + 2 * kSearchWidth);
+  s.kept.resize(n + 2 * kSearchWidth + 24);  // + 24: the last block samples of count_block_avx512
   int32_t n_kept = 0;
   const int32_t* code = lab.code.data();
   const int64_t* count = lab.count.data();
@@ -528,6 +631,18 @@ double mi_cd_scalar(const Column& col, const Codes& lab, int64_t n, int64_t n_ne
   // Padding read (masked out) by count_bracketed.
   std::fill(s.kept.begin(), s.kept.begin() + kSearchWidth, -kInf);
   std::fill(s.kept.begin() + kSearchWidth + n_kept, s.kept.end(), kInf);
+#ifdef LATENTQUANT_MI_AVX512
+  if (avx512) {  // the block samples of count_block_avx512
+    const int64_t blocks = (n_kept + 2 * kSearchWidth) / 8 + 2;
+    s.last8.assign(blocks + 8, kInf);
+    s.first8.assign(blocks + 8, kInf);
+    const double* kp = s.kept.data();
+    for (int64_t bk = 0; bk < blocks; ++bk) {
+      s.first8[bk] = kp[8 * bk];
+      s.last8[bk] = kp[8 * bk + 7];
+    }
+  }
+#endif
   CountHistogram sum_m(s.hist, n);
   const double* kept = s.kept.data() + kSearchWidth;
   constexpr int64_t kBlock = 128;  // the squared gaps of a block, (k + 1) x (kBlock + k + 1), stay in L1
@@ -561,8 +676,17 @@ double mi_cd_scalar(const Column& col, const Codes& lab, int64_t n, int64_t n_ne
     const int64_t width = counting_width(3 * n_kept / cnt);
     for (int64_t t0 = 0; t0 < cnt; t0 += kBlock) {
       const int64_t len = std::min(kBlock, cnt - t0);
-      window_block(run + t0, len, k, r2b, i0b, i1b, s.gaps.data());
-      count_block(kept, run + t0, run_g + t0, len, k, width, r2b, i0b, i1b, mb);
+#ifdef LATENTQUANT_MI_AVX512
+      if (avx512) {
+        window_block_avx512(run + t0, len, k, r2b, i0b, i1b);
+        count_block_avx512(s.kept.data(), s.last8.data(), s.first8.data(), run + t0, run_g + t0, len, k, r2b,
+                           i0b, i1b, mb);
+      } else
+#endif
+      {
+        window_block(run + t0, len, k, r2b, i0b, i1b, s.gaps.data());
+        count_block(kept, run + t0, run_g + t0, len, k, width, r2b, i0b, i1b, mb);
+      }
       for (int64_t i = 0; i < len; ++i)
         sum_m.add(mb[i] >= 0 ? mb[i] : count_within(kept, n_kept, run_g[t0 + i], r2b[i]));
     }
@@ -655,11 +779,12 @@ at::Tensor knn_mi_cd_cpu(const at::Tensor& x_in, const at::Tensor& y_in, int64_t
     for (int64_t j = b; j < e; ++j) codes[j] = encode(yp + j, n, src);
   });
   const std::vector<Column> cols = gather_columns(x, dim == 1, false);
+  const bool avx512 = avx512_usable();
   double* o = out.data_ptr<double>();
   at::parallel_for(0, lat * src, 1, [&](int64_t b, int64_t e) {
     CdScratch scratch;
     for (int64_t pair = b; pair < e; ++pair)
-      o[pair] = dim == 1 ? mi_cd_scalar(cols[pair / src], codes[pair % src], n, n_neighbors, psi, scratch)
+      o[pair] = dim == 1 ? mi_cd_scalar(cols[pair / src], codes[pair % src], n, n_neighbors, psi, scratch, avx512)
                          : mi_cd_vector(cols[pair / src], codes[pair % src], n, dim, n_neighbors, psi, scratch);
   });
   return out;
