@@ -565,9 +565,12 @@ __attribute__((target_clones("avx2", "default"))) void window_block(const double
 // window_block_avx512: 8 points per vector, every squared gap of the window in registers (no table in
 // memory): D = (run[i] - run[i -/+ j])^2 equals the baseline's (run[i -/+ j] - run[i])^2 exactly. Reads
 // up to 7 entries past the block's end (the run buffer keeps 8 spare entries after its last class).
-__attribute__((target("avx512f,avx512dq"))) void window_block_avx512(const double* run, int64_t len, int64_t k,
-                                                                     double* r2, int32_t* i0, int32_t* i1) {
-  __m512d dl[kMaxWindow + 2], dr[kMaxWindow + 2];
+// K > 0: k = K known at compile time (the squared gaps stay in registers); K = 0: any k <= kMaxWindow.
+template <int K>
+__attribute__((target("avx512f,avx512dq"), always_inline)) inline void window_block_avx512_k(
+    const double* run, int64_t len, int64_t k_rt, double* r2, int32_t* i0, int32_t* i1) {
+  const int64_t k = K > 0 ? K : k_rt;
+  __m512d dl[(K > 0 ? K : kMaxWindow) + 2], dr[(K > 0 ? K : kMaxWindow) + 2];
   const __m512i one = _mm512_set1_epi64(1);
   for (int64_t i = 0; i < len; i += 8) {
     const __m512d v = _mm512_loadu_pd(run + i);
@@ -593,6 +596,16 @@ __attribute__((target("avx512f,avx512dq"))) void window_block_avx512(const doubl
     _mm512_storeu_pd(r2 + i, rr);
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(i0 + i), _mm512_cvtepi64_epi32(c0));
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(i1 + i), _mm512_cvtepi64_epi32(c1));
+  }
+}
+
+// k = 3 (scikit-learn's default) and k = 10 (InfoMEC's) compiled for their k.
+__attribute__((target("avx512f,avx512dq"))) void window_block_avx512(const double* run, int64_t len, int64_t k,
+                                                                     double* r2, int32_t* i0, int32_t* i1) {
+  switch (k) {
+    case 3: return window_block_avx512_k<3>(run, len, k, r2, i0, i1);
+    case 10: return window_block_avx512_k<10>(run, len, k, r2, i0, i1);
+    default: return window_block_avx512_k<0>(run, len, k, r2, i0, i1);
   }
 }
 
