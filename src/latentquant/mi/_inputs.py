@@ -153,7 +153,12 @@ DROWNED_SHARE = 0.01
 
 
 def _warn_drowned(
-    raw: torch.Tensor, raw_std: torch.Tensor, spread: torch.Tensor, mean_abs: torch.Tensor, jitter: float, name: str
+    raw: torch.Tensor,
+    raw_std: torch.Tensor,
+    spread: torch.Tensor,
+    mean_abs: torch.Tensor,
+    jitter: float,
+    name: str,
 ) -> None:
     """Warn, naming the columns, when a non-constant column's spread is so small against its magnitude
     (``std / mean|x|`` below about ``jitter / DROWNED_SHARE``; near-constant columns are not scaled at all) that
@@ -203,7 +208,9 @@ def preprocess(
     for i, (f, target) in enumerate(zip(flat, targets)):
         with np.errstate(over="ignore", invalid="ignore"):  # an overflowing variance is handled below
             raw_std = _column_std(f, target).to(f.device)
-        if not bool(torch.isfinite(raw_std).all()):  # a variance overflowed: scale-free, so shrink those columns
+        if not bool(
+            torch.isfinite(raw_std).all()
+        ):  # a variance overflowed: scale-free, so shrink those columns
             f = rescale_overflowing(f)
             raw_std = _column_std(f, target).to(f.device)
         std = torch.where(raw_std < 10 * torch.finfo(torch.float64).eps, torch.ones_like(raw_std), raw_std)
@@ -215,7 +222,9 @@ def preprocess(
             else torch.zeros_like(std)
         )
         # the std after the scaling is raw_std / std (to rounding: this only sets a warning threshold)
-        _warn_drowned(f, raw_std, raw_std / std, mean_abs[-1], jitter, "xy"[i] if len(xs) <= 2 else f"argument {i}")
+        _warn_drowned(
+            f, raw_std, raw_std / std, mean_abs[-1], jitter, "xy"[i] if len(xs) <= 2 else f"argument {i}"
+        )
     if jitter > 0:
         widths = [f.shape[1] for f in out]
         gen = torch.Generator().manual_seed(int(seed))
