@@ -613,17 +613,17 @@ __attribute__((target("avx512f,avx512dq"))) void window_block_avx512(const doubl
 // two-level search over aligned blocks of 8 positions of the padded sorted array kp. last8[b] / first8[b]
 // hold kp[8b + 7] / kp[8b] (the last / first entry of block b); on the left of the inside same-label entry
 // `in` (block B), the inside entries among last8[B - 8 .. B - 1] (contiguous next to B) say which block T
-// holds the boundary, and the inside entries of block T (the positions past `in` forced inside) say where
-// in it. The right side likewise with first8. Two vector compares per side, no branch, for a boundary up
+// holds the boundary, and the inside entries among the 8 positions ending at min(8 T + 7, in) say where in
+// it. The right side likewise with first8. Two vector compares per side, no branch, for a boundary up
 // to 64 positions from `in`; beyond that (rare) the binary search over the rest of the bracket.
 // Positions are in kp's coordinates (kept's + kSearchWidth), so B - 8 >= 0; the arrays are padded with
 // +inf past the end.
-__attribute__((target("avx512f"))) inline __mmask8 inside_mask(const double* at, __m512d x, __m512d r2) {
+__attribute__((target("avx512f,avx512dq"))) inline int64_t inside_count(const double* at, __m512d x, __m512d r2) {
   const __m512d d = _mm512_sub_pd(x, _mm512_loadu_pd(at));
-  return _mm512_cmp_pd_mask(_mm512_mul_pd(d, d), r2, _CMP_LE_OQ);
+  return __builtin_popcountll(_cvtmask8_u32(_mm512_cmp_pd_mask(_mm512_mul_pd(d, d), r2, _CMP_LE_OQ)));
 }
 
-__attribute__((target("avx512f"))) void count_block_avx512(const double* kp, const double* last8,
+__attribute__((target("avx512f,avx512dq"))) void count_block_avx512(const double* kp, const double* last8,
                                                            const double* first8, const double* run,
                                                            const int32_t* run_g, int64_t len, int64_t k,
                                                            const double* r2, const int32_t* i0,
@@ -640,14 +640,14 @@ __attribute__((target("avx512f"))) void count_block_avx512(const double* kp, con
     // left: the inside entries among last8[B - 8 .. B - 1] say the boundary is in block T = B - count;
     // the 8 positions ending at min(8 T + 7, in) hold it (those below it are outside, those above inside)
     const int64_t bl = lo_in >> 3;
-    const int64_t cl = __builtin_popcount(static_cast<unsigned>(inside_mask(last8 + bl - 8, x, rr)));
+    const int64_t cl = inside_count(last8 + bl - 8, x, rr);
     const int64_t end_l = std::min(8 * (bl - cl) + 7, lo_in);
-    int64_t lo = end_l + 1 - __builtin_popcount(static_cast<unsigned>(inside_mask(kp + end_l - 7, x, rr)));
+    int64_t lo = end_l + 1 - inside_count(kp + end_l - 7, x, rr);
     // right: likewise with first8[B + 1 .. B + 8], the 8 positions from max(8 T, in)
     const int64_t br = hi_in >> 3;
-    const int64_t cr = __builtin_popcount(static_cast<unsigned>(inside_mask(first8 + br + 1, x, rr)));
+    const int64_t cr = inside_count(first8 + br + 1, x, rr);
     const int64_t start_r = std::max(8 * (br + cr), hi_in);
-    int64_t hi = start_r - 1 + __builtin_popcount(static_cast<unsigned>(inside_mask(kp + start_r, x, rr)));
+    int64_t hi = start_r - 1 + inside_count(kp + start_r, x, rr);
     if (cl == 8) [[unlikely]]  // the boundary is more than 64 positions away: binary search the rest
       lo = edge_within(kp, 8 * (bl - 8) + 7, run_g[t - a - 1] + off, run[t], r2[t]);
     if (cr == 8) [[unlikely]]
