@@ -8,11 +8,15 @@
 // same-label neighbours of a point form a window of its label's sorted run (min over k + 1 windows,
 // vectorized over points), and the count "within r" is bracketed by same-label entries, so its search
 // spans the gap between two of them (~N / count positions), not the whole neighbourhood (mi_cd_scalar).
+// On CPUs with AVX-512 (chosen at run time; LATENTQUANT_MI_NO_AVX512=1 forces the baseline) the window
+// keeps its squared gaps in registers and the count is a two-level search over blocks of 8 positions
+// (window_block_avx512, count_block_avx512); both paths give the same bits. Scalar latents are handed to
+// the threads one at a time (a shared counter): a thread sorts its latent and computes its pairs with
+// every source, which share the sorted values.
 // KSG (knn_mi_cc) on two scalar columns finds the joint max-norm neighbours with a 2-D k-d tree
 // (KdTree2) and the marginal counts in the sorted columns. Vector-valued latents (D > 1) use blocked brute
-// force, O(N^2 D) per pair. Pairs run in parallel
-// (at::parallel_for); each pair is computed by one thread in a fixed order, so results do not depend on
-// the thread count.
+// force, O(N^2 D) per pair. Pairs run in parallel (at::parallel_for); each pair is computed by one thread
+// in a fixed order, so results do not depend on the thread count.
 //
 // Digamma: computed here in double (recurrence to x >= 10, then the asymptotic series to x^-12, error
 // below 1e-15), tabulated once per call for the integers 0..N.
