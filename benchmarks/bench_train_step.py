@@ -1,9 +1,10 @@
 """The CPU training step of `make demo` (issue 14, item 2): one QLAE step of configs/demo.yaml (procedural
 shapes3d, "cpu" encoder/decoder, batch 32, 2 threads) timed phase by phase, and the same step under each
-speed-up that keeps the math: channels-last memory format, AdamW's ``foreach`` and ``fused``
-implementations, ``torch.compile`` of the whole model or of its decoder alone (the ``compile`` setting's
+speed-up that keeps the math: glibc's allocator thresholds (what the command line sets, latentquant._openmp:
+without them every step page-faults its activations in anew), channels-last memory format, AdamW's ``fused``
+implementation, ``torch.compile`` of the whole model or of its decoder alone (the ``compile`` setting's
 "model" and "decoder"; compile time reported apart), and the next batch rendered in a background thread while
-the current step runs.
+the current step runs. Each variant runs in a fresh process with the command line's environment.
 
 Every variant starts from the same seed. Two checks of "the same math": the first step's gradients against
 float64 eager ones (``grad_err``: the largest relative error over the parameters; eager float32 is ~3e-6),
@@ -23,15 +24,21 @@ Times are only meaningful on an otherwise idle machine.
 from __future__ import annotations
 
 import copy
+import json
+import os
 import statistics
+import subprocess
+import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import yaml
 from timing import print_table, quick_mode, sized
 
+from latentquant import _openmp
 from latentquant.data.shapes3d import _geometry_cache
 from latentquant.train.config import resolve_config
 from latentquant.train.loop import compile_for_training
@@ -66,11 +73,26 @@ class _Prefetcher:
         return batch
 
 
-def run_variant(name: str, steps: int, warmup: int, threads: int = 2) -> dict[str, object]:
+@dataclass(frozen=True)
+class Variant:
+    """One way to run the step: ``malloc`` False keeps glibc's allocator defaults (the process the command line
+    starts gets latentquant._openmp's thresholds), ``compile`` is the ``compile`` setting's mode."""
+
+    name: str
+    malloc: bool = True
+    channels_last: bool = False
+    fused: bool = False
+    prefetch: bool = False
+    compile: str = "off"
+
+
+def run_variant(variant: Variant, steps: int, warmup: int, threads: int = 2) -> dict[str, object]:
+    """Time ``variant`` in this process (:func:`measure` starts a fresh one per variant)."""
     torch.set_num_threads(threads)
     settings = yaml.safe_load(DEMO_CONFIG.read_text())
-    channels_last = "channels_last" in name
+    channels_last = variant.channels_last
     dataset = load_dataset(resolve_config(settings))
+    _geometry_cache().get(torch.arange(8 * 4 * 15))  # the steady state of training (module docstring)
     config = resolve_config(settings, num_factors=dataset.num_factors)
     torch.manual_seed(config.seed)
     model = make_model(config, dataset)
@@ -78,17 +100,14 @@ def run_variant(name: str, steps: int, warmup: int, threads: int = 2) -> dict[st
         model = model.to(memory_format=torch.channels_last)
     optimizer = model.configure_optimizers(config)["model"]
     for group in optimizer.param_groups:
-        if "fused" in name:
-            group["fused"] = True
-        if "foreach" in name:
-            group["foreach"] = True
-    mode = "decoder" if "compile decoder" in name else "model" if "compile" in name else "off"
+        group["fused"] = variant.fused or None
     exact = copy.deepcopy(model).double()  # before any compile
-    forward = compile_for_training(model, model, mode)
-    compile_seconds = None
+    forward = compile_for_training(model, model, variant.compile)
     generator = torch.Generator().manual_seed(config.seed)
-    grad_err = _gradient_error(model, forward, exact, dataset, config, channels_last)
-    prefetch = _Prefetcher(dataset, config.batch_size, generator) if "prefetch" in name else None
+    start = time.perf_counter()
+    grad_err = _gradient_error(model, forward, exact, dataset, config, channels_last)  # compiles, if any
+    compile_seconds = time.perf_counter() - start if variant.compile != "off" else None
+    prefetch = _Prefetcher(dataset, config.batch_size, generator) if variant.prefetch else None
     phases: dict[str, list[float]] = {p: [] for p in PHASES}
     totals: list[float] = []
     losses: list[float] = []
@@ -111,16 +130,15 @@ def run_variant(name: str, steps: int, warmup: int, threads: int = 2) -> dict[st
         optimizer.step()
         t4 = time.perf_counter()
         losses.append(float(loss.detach()))
-        if i == 0 and compile_seconds is None and "compile" in name:
-            compile_seconds = t4 - t0
         if i >= warmup:
             for phase, seconds in zip(PHASES, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
                 phases[phase].append(seconds)
             totals.append(t4 - t0)
-    row: dict[str, object] = {"variant": name, "steps_s": 1.0 / statistics.median(totals)}
+    row: dict[str, object] = {"variant": variant.name, "steps_s": 1.0 / statistics.median(totals)}
     row.update({f"{p}_ms": 1e3 * statistics.median(v) for p, v in phases.items()})
     row["compile_s"] = compile_seconds
     row["grad_err"] = grad_err
+    row["minor_faults_per_step"] = None  # filled by measure() from the process's rusage
     row["losses"] = losses[:5]
     return row
 
@@ -141,25 +159,51 @@ def _gradient_error(model, forward, exact, dataset, config, channels_last: bool)
 
 
 VARIANTS = (
-    "default",
-    "channels_last",
-    "fused AdamW",
-    "prefetch",
-    "compile",
-    "compile decoder",
-    "compile decoder + channels_last",
+    Variant("eager, glibc malloc defaults (make demo before)", malloc=False),
+    Variant("eager (malloc thresholds)"),
+    Variant("channels_last", channels_last=True),
+    Variant("fused AdamW", fused=True),
+    Variant("prefetch", prefetch=True),
+    Variant("compile model", compile="model"),
+    Variant("compile decoder (make demo now)", compile="decoder"),
+    Variant("compile decoder + channels_last", compile="decoder", channels_last=True),
 )
+
+
+def _in_fresh_process(variant: Variant, steps: int, warmup: int) -> dict[str, object]:
+    """:func:`run_variant` in a new process with the command line's environment (latentquant._openmp; no
+    allocator thresholds for ``malloc=False``): no variant inherits another's caches, allocator state or
+    one-time costs, which had inflated later variants' speed-ups by ~1.2x when all ran in one process."""
+    env = dict(os.environ)
+    for name in (*_openmp.MALLOC_USER_VARIABLES, _openmp.MALLOC_OPT_OUT):
+        env.pop(name, None)
+    if not variant.malloc:
+        env[_openmp.MALLOC_OPT_OUT] = "1"
+    _openmp.apply_default(env)
+    script = (
+        "import json, resource, sys; sys.path.insert(0, sys.argv[1]); import bench_train_step as b; "
+        "row = b.run_variant(b.VARIANTS[int(sys.argv[2])], int(sys.argv[3]), int(sys.argv[4])); "
+        "row['minor_faults_per_step'] = resource.getrusage(resource.RUSAGE_SELF).ru_minflt / "
+        "(int(sys.argv[3]) + int(sys.argv[4])); print('ROW ' + json.dumps(row))"
+    )
+    index = VARIANTS.index(variant)
+    here = str(Path(__file__).resolve().parent)
+    result = subprocess.run(
+        [sys.executable, "-c", script, here, str(index), str(steps), str(warmup)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    rows = [line[4:] for line in result.stdout.splitlines() if line.startswith("ROW ")]
+    if result.returncode != 0 or not rows:
+        raise RuntimeError(f"variant {variant.name!r} failed:\n{result.stderr[-3000:]}")
+    return json.loads(rows[-1])
 
 
 def measure(steps: int, warmup: int) -> list[dict[str, object]]:
     variants = VARIANTS[:2] if quick_mode() else VARIANTS
-    # The renderer's cache filled (see the module docstring), then a discarded pass: the first variant of a
-    # process otherwise pays the process's one-time costs (oneDNN primitive creation, the allocator's growth,
-    # the cache: data 15 ms/step in the first variant, < 1 ms after), which inflated every later variant's
-    # speed-up by ~1.2x in the first run.
-    _geometry_cache().get(torch.arange(8 * 4 * 15))
-    run_variant("default", warmup, warmup)
-    rows = [run_variant(name, steps, warmup) for name in variants]
+    rows = [_in_fresh_process(variant, steps, warmup) for variant in variants]
     reference = rows[0]["losses"]
     for row in rows:
         row["speedup"] = row["steps_s"] / rows[0]["steps_s"]
@@ -168,7 +212,7 @@ def measure(steps: int, warmup: int) -> list[dict[str, object]]:
 
 
 def test_training_step(benchmark, target) -> None:
-    steps, warmup = sized(60, 4), sized(8, 2)
+    steps, warmup = sized(100, 4), sized(100, 2)
     rows: list[dict[str, object]] = []
     benchmark.pedantic(lambda: rows.extend(measure(steps, warmup)), rounds=1, iterations=1)
     benchmark.extra_info["rows"] = rows
@@ -183,7 +227,7 @@ def test_training_step(benchmark, target) -> None:
 
 
 if __name__ == "__main__":
-    steps, warmup = sized(60, 4), sized(8, 2)
+    steps, warmup = sized(100, 4), sized(100, 2)
     print_table(
         f"demo QLAE training step, 2 threads ({steps} timed steps after {warmup})", measure(steps, warmup)
     )

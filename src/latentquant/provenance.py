@@ -60,8 +60,9 @@ def provenance(device: torch.device | str = "cpu", wall_time_s: float | None = N
         ``platform``, ``device``, ``num_threads`` (torch's intra-op threads), ``cpu_capability`` (the SIMD level
         torch picked its CPU kernels for, e.g. "AVX2", "AVX512": CPU results differ between levels),
         ``openmp_wait`` (the process's ``OMP_WAIT_POLICY`` / ``GOMP_SPINCOUNT``, ``None`` where unset: they
-        change the speed beside other processes, never the numbers; see ``latentquant._openmp``), and
-        ``wall_time_s`` when given.
+        change the speed beside other processes, never the numbers; see ``latentquant._openmp``), ``malloc``
+        (the process's glibc allocator thresholds ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_``, the
+        same: speed only), and ``wall_time_s`` when given.
     """
     from latentquant import __version__
 
@@ -75,6 +76,9 @@ def provenance(device: torch.device | str = "cpu", wall_time_s: float | None = N
         "num_threads": torch.get_num_threads(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "openmp_wait": {name: os.environ.get(name) for name in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")},
+        "malloc": {
+            name: os.environ.get(name) for name in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
+        },
     }
     if wall_time_s is not None:
         out["wall_time_s"] = round(float(wall_time_s), 3)
