@@ -2,39 +2,19 @@
 
 import numpy as np
 import pytest
-import sklearn.feature_selection._mutual_info as sk_mi
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scipy.stats import entropy as scipy_entropy
-from sklearn.feature_selection import mutual_info_classif, mutual_info_regression
+from sklearn.feature_selection import mutual_info_regression
 from sklearn.metrics import mutual_info_score
+from sklearn_mi import sklearn_cd
 
 import latentquant.mi as mi
 from latentquant.ops import _registry
 from latentquant.reference.knn_mi import knn_mi_cc_ref, knn_mi_cd_ref
 
 HAVE_KERNEL = _registry.has_kernel("knn_mi_cd", "CPU")
-
-
-class _NoNoise(np.random.RandomState):
-    def standard_normal(self, size=None):
-        return np.zeros(size)
-
-
-@pytest.fixture
-def sklearn_without_noise(monkeypatch):
-    """scikit-learn's estimators with their jitter switched off, so they run on exactly our scaled data."""
-    monkeypatch.setattr(sk_mi, "check_random_state", lambda seed: _NoNoise(0))
-
-
-def _sklearn_cd(x: np.ndarray, y: np.ndarray, k: int) -> np.ndarray:
-    out = np.zeros((x.shape[1], y.shape[1]))
-    for j in range(y.shape[1]):
-        if np.unique(y[:, j], return_counts=True)[1].max() < 2:
-            continue  # every label seen once: scikit-learn raises, we return 0
-        out[:, j] = mutual_info_classif(x, y[:, j], n_neighbors=k)
-    return out
 
 
 @st.composite
@@ -65,7 +45,7 @@ def cd_cases(draw):
 def test_cd_equals_sklearn(case, sklearn_without_noise):
     x, y, k = case
     got = mi.mutual_info_continuous_discrete(x, y, n_neighbors=k, jitter=0)
-    np.testing.assert_allclose(got, _sklearn_cd(x, y, k), rtol=0, atol=1e-9)
+    np.testing.assert_allclose(got, sklearn_cd(x, y, k), rtol=0, atol=1e-9)
 
 
 @st.composite
@@ -101,7 +81,7 @@ def test_small_classes_need_sklearn_brute_force_distances(sklearn_without_noise)
     y = rng.integers(0, 15, (60, 1))
     x = rng.standard_normal((60, 1)) + 1e5 + 0.8 * y
     got = mi.mutual_info_continuous_discrete(x, y, n_neighbors=3, jitter=0)
-    np.testing.assert_allclose(got, _sklearn_cd(x, y, 3), rtol=0, atol=1e-9)
+    np.testing.assert_allclose(got, sklearn_cd(x, y, 3), rtol=0, atol=1e-9)
     assert got[0, 0] > 0
 
 
@@ -111,7 +91,7 @@ def test_large_n_equals_sklearn(sklearn_without_noise):
     x = rng.standard_normal((6000, 3)) + 0.4 * y[:, :1]
     x[:, 1] = np.round(x[:, 1] * 4)  # heavy ties
     got = mi.mutual_info_continuous_discrete(x, y, n_neighbors=10, jitter=0)
-    np.testing.assert_allclose(got, _sklearn_cd(x, y, 10), rtol=0, atol=1e-9)
+    np.testing.assert_allclose(got, sklearn_cd(x, y, 10), rtol=0, atol=1e-9)
 
 
 @pytest.mark.parametrize(
@@ -138,7 +118,7 @@ def test_cd_kernel_paths_equal_sklearn(case, sklearn_without_noise):
     else:
         y = rng.integers(0, 4, (n, 2))
     got = mi.mutual_info_continuous_discrete(x, y, n_neighbors=k, jitter=0)
-    want = _sklearn_cd(x, y, k)
+    want = sklearn_cd(x, y, k)
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-9)
     assert (want > 0).any()
 

@@ -8,9 +8,8 @@ scheduling (results independent of the thread count), and the preprocessing shor
 
 import numpy as np
 import pytest
-import sklearn.feature_selection._mutual_info as sk_mi
 import torch
-from sklearn.feature_selection import mutual_info_classif
+from sklearn_mi import sklearn_cd
 
 import latentquant.mi as mi
 from latentquant.ops import _registry
@@ -18,25 +17,6 @@ from latentquant.reference.knn_mi import knn_mi_cd_ref
 
 HAVE_KERNEL = _registry.has_kernel("knn_mi_cd", "CPU")
 needs_kernel = pytest.mark.skipif(not HAVE_KERNEL, reason="latentquant._C not built")
-
-
-class _NoNoise(np.random.RandomState):
-    def standard_normal(self, size=None):
-        return np.zeros(size)
-
-
-@pytest.fixture
-def sklearn_without_noise(monkeypatch):
-    monkeypatch.setattr(sk_mi, "check_random_state", lambda seed: _NoNoise(0))
-
-
-def _sklearn_cd(x: np.ndarray, y: np.ndarray, k: int) -> np.ndarray:
-    out = np.zeros((x.shape[1], y.shape[1]))
-    for j in range(y.shape[1]):
-        if np.unique(y[:, j], return_counts=True)[1].max() < 2:
-            continue
-        out[:, j] = mutual_info_classif(x, y[:, j], n_neighbors=k)
-    return out
 
 
 def _case(name: str) -> tuple[np.ndarray, np.ndarray, int]:
@@ -90,7 +70,7 @@ CASES = [
 @pytest.mark.parametrize("name", CASES)
 def test_avx512_and_baseline_paths_agree_with_sklearn(name, monkeypatch, sklearn_without_noise):
     x, y, k = _case(name)
-    want = _sklearn_cd(x, y, k)
+    want = sklearn_cd(x, y, k)
     got = mi.mutual_info_continuous_discrete(x, y, n_neighbors=k, jitter=0)
     monkeypatch.setenv("LATENTQUANT_MI_NO_AVX512", "1")
     baseline = mi.mutual_info_continuous_discrete(x, y, n_neighbors=k, jitter=0)
@@ -122,7 +102,7 @@ def test_values_equal_in_their_top_bits_are_sorted_exactly(sklearn_without_noise
     ulps = rng.integers(0, 3000, n) + 2500 * y[:, 0]  # dependent on y, single ulps apart
     x = np.stack([1.0 + ulps * 2.0**-52, 1e8 + (rng.integers(0, 9000, n) + 6000 * y[:, 0]) * 2.0**-26], 1)
     got = mi.mutual_info_continuous_discrete(x, y, n_neighbors=5, jitter=0)
-    want = _sklearn_cd(x, y, 5)
+    want = sklearn_cd(x, y, 5)
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-9)
     assert (want > 0.05).any()
     xt = torch.from_numpy(x)[:, :, None]  # the raw op on the unscaled values: single ulps apart
