@@ -92,7 +92,10 @@ def run_variant(variant: Variant, steps: int, warmup: int, threads: int = 2) -> 
     settings = yaml.safe_load(DEMO_CONFIG.read_text())
     channels_last = variant.channels_last
     dataset = load_dataset(resolve_config(settings))
-    _geometry_cache().get(torch.arange(8 * 4 * 15))  # the steady state of training (module docstring)
+    cache = _geometry_cache()
+    cache.get(
+        torch.arange(len(cache.ready))
+    )  # every geometry: the steady state of training (module docstring)
     config = resolve_config(settings, num_factors=dataset.num_factors)
     torch.manual_seed(config.seed)
     model = make_model(config, dataset)

@@ -784,6 +784,39 @@ struct OneHotScratch {
         label(kBlock) {}
 };
 
+// The padding samples of a block, j in [nb, kBlock): weight 0, top 0, label logit 0, total 1 -> a loss term of 0.
+template <typename T>
+LQ_INLINE void pad_block(OneHotScratch<T>& sc, int64_t nb) {
+  for (int64_t j = nb; j < kBlock; ++j) {
+    sc.w[j] = T(0);
+    sc.top[j] = T(0);
+    sc.picked[j] = T(0);
+    sc.total[j] = T(1);
+  }
+}
+
+// The block's loss sum_j w_j (top_j + log total_j - label logit_j), over whole vectors of samples (vector lanes
+// in double, then summed in lane order); with kStoreRatio, sc.total[j] becomes w_j / total_j, the residual's
+// scale. total - total is 0, or NaN when total is NaN (a NaN or +Inf logit), which log_pos would not pass on.
+template <bool kStoreRatio, typename T, int VB>
+LQ_INLINE double onehot_block_loss(OneHotScratch<T>& sc) {
+  using V = typename Vec<T, VB>::type;
+  using DV = typename Vec<T, VB>::wide;
+  constexpr int64_t W = Vec<T, VB>::kWidth;
+  DV loss_lanes = DV{};
+  for (int64_t j = 0; j < kBlock; j += W) {
+    const V total = load<V>(sc.total.data() + j);
+    const V wj = load<V>(sc.w.data() + j);
+    const V term =
+        wj * ((load<V>(sc.top.data() + j) + log_pos<T, VB>(total)) - load<V>(sc.picked.data() + j)) + (total - total);
+    add_wide<T, VB>(loss_lanes, term);
+    if constexpr (kStoreRatio) store(sc.total.data() + j, wj / total);
+  }
+  double block_loss = 0.0;
+  for (int64_t l = 0; l < VB / 8; ++l) block_loss += loss_lanes[l];
+  return block_loss;
+}
+
 // One target on one block of nb samples (codes already in sc.off): adds its loss to *loss and its gradient
 // to g (F1, Cp), both in double. Returns false if a label lies outside [0, C).
 template <typename T, int VB>
@@ -806,12 +839,7 @@ LQ_INLINE bool onehot_block_target(const OneHotProblem<T>& p, int64_t t, int64_t
     sc.label[j] = ok ? lab[j] : 0;
     sc.w[j] = sw[j];
   }
-  for (int64_t j = nb; j < kBlock; ++j) {  // padding: weight 0, top 0, total 1 -> a loss term of 0
-    sc.w[j] = T(0);
-    sc.top[j] = T(0);
-    sc.picked[j] = T(0);
-    sc.total[j] = T(1);
-  }
+  pad_block(sc, nb);
 
   // (1) logits, top, exp and total per sample
   const V neg_inf = V{} + (-std::numeric_limits<T>::infinity());
@@ -855,18 +883,7 @@ LQ_INLINE bool onehot_block_target(const OneHotProblem<T>& p, int64_t t, int64_t
   }
 
   // (2) loss terms and w / total (kept in sc.total) over whole vectors of samples
-  DV loss_lanes = DV{};
-  for (int64_t j = 0; j < kBlock; j += W) {
-    const V total = load<V>(sc.total.data() + j);
-    const V wj = load<V>(sc.w.data() + j);
-    const V term =
-        wj * ((load<V>(sc.top.data() + j) + log_pos<T, VB>(total)) - load<V>(sc.picked.data() + j)) + (total - total);
-    add_wide<T, VB>(loss_lanes, term);
-    store(sc.total.data() + j, wj / total);
-  }
-  double block_loss = 0.0;
-  for (int64_t l = 0; l < VB / 8; ++l) block_loss += loss_lanes[l];
-  *loss += block_loss;
+  *loss += onehot_block_loss<true, T, VB>(sc);
 
   // (3) residual exp * w / total - w [lane == label] (whole vectors: a scalar update of one lane would stall
   // the vector loads that follow), added to the tile rows of the sample's codes and of the intercept
@@ -963,12 +980,7 @@ LQ_INLINE void onehot_fit_block(const OneHotFitProblem<T>& p, int64_t s0, int64_
     lane[r] = load<V>(p.lane + r * W);
     intercept[r] = load<V>(wt + (p.f1 - 1) * cp + r * W);
   }
-  for (int64_t j = nb; j < kBlock; ++j) {  // padding: weight 0, top 0, total 1 -> a loss term of 0
-    sc.w[j] = T(0);
-    sc.top[j] = T(0);
-    sc.picked[j] = T(0);
-    sc.total[j] = T(1);
-  }
+  pad_block(sc, nb);
   // (1) per sample, in registers: logits, top, the label's logit, exp and total, the residual
   // exp * (w / total) - w [lane == label], scattered into the tile rows of the sample's codes (the intercept's
   // summed in registers); top, the label's logit and total are kept for the loss.
@@ -1015,17 +1027,7 @@ LQ_INLINE void onehot_fit_block(const OneHotFitProblem<T>& p, int64_t s0, int64_
     }
   }
   // (2) loss terms over whole vectors of samples
-  DV loss_lanes = DV{};
-  for (int64_t j = 0; j < kBlock; j += W) {
-    const V total = load<V>(sc.total.data() + j);
-    const V wj = load<V>(sc.w.data() + j);
-    const V term =
-        wj * ((load<V>(sc.top.data() + j) + log_pos<T, VB>(total)) - load<V>(sc.picked.data() + j)) + (total - total);
-    add_wide<T, VB>(loss_lanes, term);
-  }
-  double block_loss = 0.0;
-  for (int64_t l = 0; l < VB / 8; ++l) block_loss += loss_lanes[l];
-  *loss += block_loss;
+  *loss += onehot_block_loss<false, T, VB>(sc);
   T* tile_intercept = tile + (p.f1 - 1) * cp;
   for (int r = 0; r < NV; ++r) store(tile_intercept + r * W, icpt[r]);
   // Flush the tile into g: every row when that is cheaper than visiting the block's codes, else only the rows

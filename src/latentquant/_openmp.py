@@ -48,6 +48,13 @@ MALLOC_USER_VARIABLES = (*MALLOC_SETTINGS, "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_"
 MALLOC_OPT_OUT = "LATENTQUANT_KEEP_MALLOC"
 
 
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one, else the machine's count)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
 def _opted_out(environ: Mapping[str, str], name: str) -> bool:
     return environ.get(name, "") in ("1", "true", "yes")
 

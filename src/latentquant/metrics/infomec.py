@@ -39,7 +39,6 @@ Sources are label-encoded per column; ``NMI[i, j] = I(s_i; z_j) / H(s_i)`` with 
 from __future__ import annotations
 
 import math
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -47,6 +46,7 @@ import numpy as np
 import torch
 
 from latentquant import mi
+from latentquant._openmp import available_cores
 from latentquant.metrics._inputs import (
     EncodedSources,
     check_pair,
@@ -289,14 +289,6 @@ def infomec(
         return _infomec_encoded(encoded, latents, discrete_latents, convention, jitter, seed, integer_latents)
 
 
-def _cores() -> int:
-    """CPU cores this process may run on."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
-
-
 def _infomec_encoded(
     encoded: EncodedSources,
     latents: torch.Tensor,
@@ -312,7 +304,7 @@ def _infomec_encoded(
         # The k-NN MI (C++ op) and the logistic fits are independent and both release the GIL in their
         # kernels: they run side by side, and the fit shares its sources out over every core with threads of
         # its own (they block rather than spin, so they take nothing from the k-NN op while it runs).
-        infoe_kwargs["workers"] = _cores()
+        infoe_kwargs["workers"] = available_cores()
         # torch's thread setting is per thread: the pool's fresh thread would otherwise run its torch ops
         # (standardize, the final cross-entropy) on torch's default team, whose OpenMP threads then spin after
         # every op and take a core from the k-NN op and the fit (measured: 0.6 s of 1.3 s CPU per call at N = 50,000).

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from latentquant._openmp import available_cores
 from latentquant.train import schema
 from latentquant.train.schema import split_sweep_values
 
@@ -332,7 +333,7 @@ def _train_run(
 def thread_budget(max_parallel: int, cores: int | None = None) -> int:
     """CPU threads per concurrent local run: ``cores // max_parallel``, at least 1."""
     if cores is None:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        cores = available_cores()
     return max(1, cores // max(1, max_parallel))
 
 
