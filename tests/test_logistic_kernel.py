@@ -729,6 +729,85 @@ def test_fit_does_not_depend_on_the_thread_count(onehot):
     assert torch.equal(one[0], three[0]) and torch.equal(one[1], three[1])
 
 
+# The paired one-hot layout of the float32 fit (csrc/cpu/logistic.cpp, JointLayout): latents of these sizes pair
+# (3 x 40 = 120, 9 x 14, 12 alone or with 1: greedy smallest-with-largest under 256 cells), 40 x 9 does not;
+# "overlap": codes whose column ranges overlap (a column counted twice, as the op allows).
+PAIRED_CODES = {"mixed": [3, 14, 9, 40, 1, 12], "overlap": [5, 7, 6]}
+
+
+def paired_codes(kind: str, n: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    sizes = PAIRED_CODES[kind]
+    starts = [2 * i for i in range(len(sizes))] if kind == "overlap" else [sum(sizes[:i]) for i in range(len(sizes))]
+    return torch.stack([torch.randint(0, k, (n,), generator=g) + s for k, s in zip(sizes, starts)])
+
+
+@needs_kernel
+@pytest.mark.parametrize("n", [1, 255, 2049, 5000])
+@pytest.mark.parametrize("kind", sorted(PAIRED_CODES))
+@pytest.mark.parametrize("classes", [2, 10, 15, 40])
+def test_fit_paired_layout_matches_the_float64_fit(monkeypatch, path, kind, classes, n):
+    """The float32 fit on the paired layout (forced, whatever N) follows the float64 fit (never paired) as
+    closely as the unpaired float32 fit does: 3 iterations, weights to 2e-5, losses to 2e-6 relative (float32
+    rounding; N = 1 fits its sample to a loss ~1e-2 with weights ~3); a wrong gather or marginalization would
+    be off by whole weights."""
+    from latentquant.metrics.logistic import _initial_weights
+
+    codes = paired_codes(kind, n, classes + n)
+    f1 = int(codes.max()) + 2
+    g = torch.Generator().manual_seed(n)
+    num_classes = torch.tensor([classes, max(classes - 1, 1)])
+    labels = (torch.rand(2, n, generator=g) * num_classes[:, None]).long()
+    sw = torch.rand(2, n, generator=g, dtype=torch.float64) + 0.1
+    sw = sw / sw.sum(dim=1, keepdim=True)
+    weights = _initial_weights(num_classes, classes, f1, torch.float64)
+
+    def fit(dtype, pairs):
+        monkeypatch.setenv("LATENTQUANT_ONEHOT_PAIRS", pairs)
+        out, iters = logistic_fit_lbfgs(
+            codes, weights.to(dtype), labels, sw.to(dtype), num_classes, torch.zeros(2, dtype=dtype), True, 3, 0.0
+        )
+        return out.double(), iters
+
+    want, want_iters = fit(torch.float64, "1")
+    for pairs in ("1", "0"):
+        got, iters = fit(torch.float32, pairs)
+        assert torch.equal(iters, want_iters)
+        real = torch.arange(classes)[None, :] < num_classes[:, None]
+        torch.testing.assert_close(got[real], want[real], rtol=2e-5, atol=2e-5)
+        torch.testing.assert_close(
+            fit_loss(codes, got, labels, sw, True), fit_loss(codes, want, labels, sw, True), rtol=2e-6, atol=1e-7
+        )
+
+
+@needs_kernel
+def test_fit_paired_layout_is_chosen_at_infomec_sizes(monkeypatch):
+    """Unforced, N = 20,000 pairs (the results differ in rounding from the unpaired ones: the path ran) and
+    follows the float64 fit as the forced tests do; LATENTQUANT_ONEHOT_PAIRS=0 is the unpaired path."""
+    from latentquant.metrics.logistic import _initial_weights
+
+    n = 20_000
+    codes = paired_codes("mixed", n, 0)
+    f1 = int(codes.max()) + 2
+    num_classes = torch.tensor([10])
+    labels = (codes[1:2] - codes[1].min()) * 10 // 14
+    weights = _initial_weights(num_classes, 10, f1, torch.float64)
+    sw = torch.full((1, n), 1.0 / n, dtype=torch.float64)
+
+    def fit(dtype, pairs):
+        if pairs is None:
+            monkeypatch.delenv("LATENTQUANT_ONEHOT_PAIRS", raising=False)
+        else:
+            monkeypatch.setenv("LATENTQUANT_ONEHOT_PAIRS", pairs)
+        args = (codes, weights.to(dtype), labels, sw.to(dtype), num_classes, torch.zeros(1, dtype=dtype))
+        return logistic_fit_lbfgs(*args, True, 3, 0.0)[0].double()
+
+    auto, off, want = fit(torch.float32, None), fit(torch.float32, "0"), fit(torch.float64, None)
+    assert not torch.equal(auto, off)
+    torch.testing.assert_close(auto, want, rtol=2e-5, atol=2e-5)
+    torch.testing.assert_close(off, want, rtol=2e-5, atol=2e-5)
+
+
 @needs_kernel
 def test_fit_zero_iterations_returns_the_start():
     data, weights, labels, sw, num_classes = make_fit_problem(2, 4, 3, 100, torch.float64, 6, False)
