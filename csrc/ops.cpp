@@ -29,6 +29,10 @@ TORCH_LIBRARY(latentquant, m) {
   // k-NN mutual information of every (latent, source) pair on preprocessed float64 data -> (L, S).
   m.def("knn_mi_cd(Tensor x, Tensor y, int n_neighbors) -> Tensor");  // x (N, L, D), y (N, S) int64
   m.def("knn_mi_cc(Tensor x, Tensor y, int n_neighbors) -> Tensor");  // x (N, L, Dx), y (N, S, Dy)
+  // ---- label encoding (sources and discrete latents of every metric) ----
+  // x (N, C) float64 or int64 -> codes (N, C) int64, the rank of each value among its column's distinct values
+  // (torch.unique's inverse), and counts (C,) int64, the distinct values per column.
+  m.def("label_encode(Tensor x) -> (Tensor, Tensor)");
   // ---- logistic regression (issue: metrics, InfoE) ----
   // Weighted softmax cross-entropy of T multinomial logistic regressions on shared features, and its
   // gradient: x1t (F1, N) feature-major (last row ones), weights (T, C, F1), labels (T, N) int64,

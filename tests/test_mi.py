@@ -309,24 +309,3 @@ def test_raw_ops_reject_bad_shapes_with_value_errors():
         torch.ops.latentquant.knn_mi_cc(x, torch.zeros(10, 1, dtype=torch.float64), 3)
     with pytest.raises(ValueError, match="knn_mi_cd: x and y must have the same number of samples"):
         torch.ops.latentquant.knn_mi_cd(x, torch.zeros(9, 1, dtype=torch.long), 3)
-
-
-@pytest.mark.parametrize(
-    "dtype", [torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8, torch.bool]
-)
-def test_plugin_label_encoding_equals_torch_unique(dtype):
-    """The plug-in estimator's count-table encoder for small non-negative integer labels gives
-    ``torch.unique``'s inverse exactly; negative, wide-range, bool and float labels take the sort."""
-    from latentquant.mi._plugin import _encode
-
-    gen = torch.Generator().manual_seed(0)
-    for n in (1, 2, 7, 1000):
-        for high in (1, 3, 50, 120):
-            col = torch.randint(0, high, (n,), generator=gen).to(dtype)
-            if dtype == torch.int8 and n > 2:
-                col[0] = -3  # negative: the sort path
-            if dtype == torch.int64 and n > 2:
-                col[1] = 10**12  # range beyond the count table: the sort path
-            codes, k = _encode(col)
-            values, want = torch.unique(col, return_inverse=True)
-            assert torch.equal(codes, want) and codes.dtype == want.dtype and k == values.numel()

@@ -12,6 +12,7 @@ import torch
 
 from latentquant import mi
 from latentquant.mi import _inputs as mi_inputs
+from latentquant.ops.label_encode import label_encode
 
 ArrayLike = np.ndarray | torch.Tensor
 
@@ -81,9 +82,7 @@ def check_pair(
 
 
 def _distinct_per_column(x: ArrayLike) -> list[int]:
-    if isinstance(x, torch.Tensor):
-        return [int(torch.unique(x[:, j]).numel()) for j in range(x.shape[1])]
-    return [len(np.unique(x[:, j])) for j in range(x.shape[1])]
+    return encode_columns(x)[1].tolist()
 
 
 def _check_sources(sources: ArrayLike, latents: torch.Tensor, continuous_sources: bool) -> None:
@@ -142,26 +141,30 @@ class EncodedSources:
 def encode_columns(x: ArrayLike, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Label-encode each column of ``x`` (sorted unique values → 0, 1, ...).
 
+    Numbers and bools go through :func:`latentquant.ops.label_encode` (a hash of each column's distinct values
+    on CPU, ``torch.unique``'s result); other numpy dtypes (strings, objects, uint64 beyond int64) through
+    ``np.unique``.
+
     Args:
-        x: values of any sortable dtype, numpy or torch.
+        x: values of any sortable dtype, numpy or torch, without NaN.
         device: where the codes go; default the input's device (CPU for numpy).
 
     Returns:
         (codes (N, C) int64 tensor, num_classes (C,) int64 tensor).
     """
-    columns, counts = [], []
-    for j in range(x.shape[1]):
-        if isinstance(x, torch.Tensor):
-            unique, inverse = torch.unique(x[:, j], return_inverse=True)
-        else:
-            unique, inverse = np.unique(x[:, j], return_inverse=True)
-            inverse = torch.from_numpy(inverse.reshape(-1).astype(np.int64))
-        columns.append(inverse.to(torch.int64))
-        counts.append(len(unique))
-    codes = torch.stack(columns, dim=1)
+    if isinstance(x, np.ndarray) and x.dtype.kind in "biuf" and not (x.dtype.kind == "u" and x.dtype.itemsize == 8):
+        x = torch.from_numpy(np.ascontiguousarray(x))
+    if isinstance(x, torch.Tensor):
+        codes, counts = label_encode(x)
+    else:
+        columns = [np.unique(x[:, j], return_inverse=True) for j in range(x.shape[1])]
+        codes = torch.stack(
+            [torch.from_numpy(inverse.reshape(-1).astype(np.int64)) for _, inverse in columns], dim=1
+        ).reshape(x.shape[0], x.shape[1])
+        counts = torch.tensor([len(unique) for unique, _ in columns], dtype=torch.int64)
     if device is not None:
-        codes = codes.to(device)
-    return codes, torch.tensor(counts, dtype=torch.int64, device=codes.device)
+        codes, counts = codes.to(device), counts.to(device)
+    return codes, counts
 
 
 def encode_sources(sources: ArrayLike, device: torch.device | None = None) -> EncodedSources:

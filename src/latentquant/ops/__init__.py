@@ -7,7 +7,7 @@ take over, with one warning at import.
 """
 
 # Importing registers the k-NN MI ops (public API in latentquant.mi) and logistic_loss_grad (latentquant.metrics).
-from latentquant.ops import knn_mi, logistic  # noqa: F401
+from latentquant.ops import knn_mi, label_encode, logistic  # noqa: F401
 from latentquant.ops._registry import backend_info
 from latentquant.ops.latent_quantize import latent_quantize
 from latentquant.ops.scalar_quantize import scalar_quantize
