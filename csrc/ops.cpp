@@ -43,8 +43,9 @@ TORCH_LIBRARY(latentquant, m) {
       "logistic_onehot_loss_grad(Tensor codes, Tensor weights, Tensor labels, Tensor sample_weight) -> (Tensor, "
       "Tensor)");
   // The whole L-BFGS fit of latentquant.metrics.logistic (CPU): data = x1t (F1, N) or, with onehot, codes (G, N);
-  // weights (T, C, F1) the start; num_classes (T,) int64; l2 (T,) -> final weights (T, C, F1), iterations (T,).
+  // weights (T, C, F1) the start; num_classes (T,) int64; l2 (T,) -> final weights (T, C, F1), iterations (T,),
+  // and the unweighted mean cross-entropy (T,) float64 of the final weights on the samples (InfoE's CE_pred).
   m.def(
       "logistic_fit_lbfgs(Tensor data, Tensor weights, Tensor labels, Tensor sample_weight, Tensor num_classes, "
-      "Tensor l2, bool onehot, int max_iter, float tol, int num_threads) -> (Tensor, Tensor)");
+      "Tensor l2, bool onehot, int max_iter, float tol, int num_threads) -> (Tensor, Tensor, Tensor)");
 }

@@ -13,12 +13,24 @@ from latentquant.ops import _registry
 from latentquant.ops.label_encode import label_encode
 from latentquant.reference.label_encode import label_encode_ref
 
-needs_kernel = pytest.mark.skipif(not _registry.has_kernel("label_encode", "CPU"), reason="latentquant._C not built")
+needs_kernel = pytest.mark.skipif(
+    not _registry.has_kernel("label_encode", "CPU"), reason="latentquant._C not built"
+)
 
 # (N, C): empty, one element, odd sizes, a zero-column input.
 SHAPES = [(0, 3), (1, 1), (2, 5), (7, 2), (1000, 3), (4097, 1), (5, 0)]
-DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16, torch.int64, torch.int32, torch.int16,
-          torch.int8, torch.uint8, torch.bool]
+DTYPES = [
+    torch.float64,
+    torch.float32,
+    torch.float16,
+    torch.bfloat16,
+    torch.int64,
+    torch.int32,
+    torch.int16,
+    torch.int8,
+    torch.uint8,
+    torch.bool,
+]
 
 
 def random_column_set(shape, dtype, seed):
@@ -116,9 +128,11 @@ def test_op_errors():
 
 @needs_kernel
 def test_opcheck():
-    for x in (random_column_set((300, 4), torch.float64, 5).to(torch.float64),
-              random_column_set((257, 3), torch.int64, 6),
-              torch.zeros(0, 2, dtype=torch.int64)):
+    for x in (
+        random_column_set((300, 4), torch.float64, 5).to(torch.float64),
+        random_column_set((257, 3), torch.int64, 6),
+        torch.zeros(0, 2, dtype=torch.int64),
+    ):
         torch.library.opcheck(torch.ops.latentquant.label_encode.default, (x,))
 
 

@@ -680,11 +680,11 @@ def fit_loss(data, weights, labels, sw, onehot):
 @pytest.mark.parametrize("shape", FIT_SHAPES, ids=str)
 def test_fit_matches_the_python_loop(shape, path):
     """float64: the same iterates as the Python loop up to rounding: losses to 1e-10, weights to 1e-6, and the
-    same iteration counts (within 1)."""
+    same iteration counts (within 1); the returned cross-entropy is the op's uniform-weight loss of the result."""
     t, c, features, n, onehot = shape
     data, weights, labels, sw, num_classes = make_fit_problem(t, c, features, n, torch.float64, 3, onehot)
     l2 = torch.zeros(t, dtype=torch.float64)
-    got, iters = logistic_fit_lbfgs(data, weights, labels, sw, num_classes, l2, onehot, 60, 1e-6)
+    got, iters, ce = logistic_fit_lbfgs(data, weights, labels, sw, num_classes, l2, onehot, 60, 1e-6)
     want, want_iters = python_fit(data, weights, labels, sw, num_classes, l2, onehot, 60, 1e-6)
     assert got.shape == weights.shape and iters.dtype == torch.int64
     torch.testing.assert_close(
@@ -696,6 +696,10 @@ def test_fit_matches_the_python_loop(shape, path):
     assert (iters - want_iters).abs().max() <= 1
     if n == 0 or c == 1:
         assert (iters == 0).all()
+    # The third output: the unweighted mean cross-entropy of the final weights (uniform sample weights 1 / N).
+    uniform = torch.full_like(sw, 1.0 / max(n, 1))
+    assert ce.dtype == torch.float64 and ce.shape == (t,)
+    torch.testing.assert_close(ce, fit_loss(data, got, labels, uniform, onehot), rtol=0, atol=1e-12)
 
 
 @needs_kernel
@@ -705,12 +709,12 @@ def test_fit_with_l2_and_float32_matches_the_python_loop(onehot):
     features = (4, 5) if onehot else 6
     data, weights, labels, sw, num_classes = make_fit_problem(3, 6, features, 1500, torch.float64, 4, onehot)
     l2 = torch.tensor([1e-3, 0.0, 0.05], dtype=torch.float64)
-    got, iters = logistic_fit_lbfgs(data, weights, labels, sw, num_classes, l2, onehot, 200, 1e-8)
+    got, iters, _ = logistic_fit_lbfgs(data, weights, labels, sw, num_classes, l2, onehot, 200, 1e-8)
     want, want_iters = python_fit(data, weights, labels, sw, num_classes, l2, onehot, 200, 1e-8)
     torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
     assert (iters - want_iters).abs().max() <= 1
     data32 = data if onehot else data.float()
-    got32, _ = logistic_fit_lbfgs(
+    got32, _, _ = logistic_fit_lbfgs(
         data32, weights.float(), labels, sw.float(), num_classes, l2.float(), onehot, 200, 1e-4
     )
     loss32 = fit_loss(data, got32.double(), labels, sw, onehot)
@@ -719,14 +723,19 @@ def test_fit_with_l2_and_float32_matches_the_python_loop(onehot):
 
 
 @needs_kernel
+@pytest.mark.parametrize("targets", [1, 5])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 @pytest.mark.parametrize("onehot", [False, True])
-def test_fit_does_not_depend_on_the_thread_count(onehot):
+def test_fit_does_not_depend_on_the_thread_count(onehot, dtype, targets):
+    """Bit-identical for 1, 2 and 3 threads: with more threads than targets, or at the end of a fit, idle
+    workers run shards of the others' evaluations (the Team), into the same buffers in the same order."""
     features = (3, 4) if onehot else 5
-    args = make_fit_problem(5, 7, features, 5000, torch.float32, 5, onehot)
-    l2 = torch.zeros(5)
+    args = make_fit_problem(targets, 7, features, 5000, dtype, 5, onehot)
+    l2 = torch.zeros(targets, dtype=dtype)
     one = logistic_fit_lbfgs(*args, l2, onehot, 40, 1e-4, 1)
-    three = logistic_fit_lbfgs(*args, l2, onehot, 40, 1e-4, 3)
-    assert torch.equal(one[0], three[0]) and torch.equal(one[1], three[1])
+    for threads in (2, 3):
+        many = logistic_fit_lbfgs(*args, l2, onehot, 40, 1e-4, threads)
+        assert all(torch.equal(a, b) for a, b in zip(one, many))
 
 
 # The paired one-hot layout of the float32 fit (csrc/cpu/logistic.cpp, JointLayout): latents of these sizes pair
@@ -738,7 +747,11 @@ PAIRED_CODES = {"mixed": [3, 14, 9, 40, 1, 12], "overlap": [5, 7, 6]}
 def paired_codes(kind: str, n: int, seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     sizes = PAIRED_CODES[kind]
-    starts = [2 * i for i in range(len(sizes))] if kind == "overlap" else [sum(sizes[:i]) for i in range(len(sizes))]
+    starts = (
+        [2 * i for i in range(len(sizes))]
+        if kind == "overlap"
+        else [sum(sizes[:i]) for i in range(len(sizes))]
+    )
     return torch.stack([torch.randint(0, k, (n,), generator=g) + s for k, s in zip(sizes, starts)])
 
 
@@ -764,8 +777,16 @@ def test_fit_paired_layout_matches_the_float64_fit(monkeypatch, path, kind, clas
 
     def fit(dtype, pairs):
         monkeypatch.setenv("LATENTQUANT_ONEHOT_PAIRS", pairs)
-        out, iters = logistic_fit_lbfgs(
-            codes, weights.to(dtype), labels, sw.to(dtype), num_classes, torch.zeros(2, dtype=dtype), True, 3, 0.0
+        out, iters, _ = logistic_fit_lbfgs(
+            codes,
+            weights.to(dtype),
+            labels,
+            sw.to(dtype),
+            num_classes,
+            torch.zeros(2, dtype=dtype),
+            True,
+            3,
+            0.0,
         )
         return out.double(), iters
 
@@ -776,7 +797,10 @@ def test_fit_paired_layout_matches_the_float64_fit(monkeypatch, path, kind, clas
         real = torch.arange(classes)[None, :] < num_classes[:, None]
         torch.testing.assert_close(got[real], want[real], rtol=2e-5, atol=2e-5)
         torch.testing.assert_close(
-            fit_loss(codes, got, labels, sw, True), fit_loss(codes, want, labels, sw, True), rtol=2e-6, atol=1e-7
+            fit_loss(codes, got, labels, sw, True),
+            fit_loss(codes, want, labels, sw, True),
+            rtol=2e-6,
+            atol=1e-7,
         )
 
 
@@ -811,7 +835,7 @@ def test_fit_paired_layout_is_chosen_at_infomec_sizes(monkeypatch):
 @needs_kernel
 def test_fit_zero_iterations_returns_the_start():
     data, weights, labels, sw, num_classes = make_fit_problem(2, 4, 3, 100, torch.float64, 6, False)
-    got, iters = logistic_fit_lbfgs(
+    got, iters, _ = logistic_fit_lbfgs(
         data, weights, labels, sw, num_classes, torch.zeros(2).double(), False, 0, 1e-4
     )
     assert torch.equal(got, weights) and (iters == 0).all()

@@ -152,7 +152,11 @@ def encode_columns(x: ArrayLike, device: torch.device | None = None) -> tuple[to
     Returns:
         (codes (N, C) int64 tensor, num_classes (C,) int64 tensor).
     """
-    if isinstance(x, np.ndarray) and x.dtype.kind in "biuf" and not (x.dtype.kind == "u" and x.dtype.itemsize == 8):
+    if (
+        isinstance(x, np.ndarray)
+        and x.dtype.kind in "biuf"
+        and not (x.dtype.kind == "u" and x.dtype.itemsize == 8)
+    ):
         x = torch.from_numpy(np.ascontiguousarray(x))
     if isinstance(x, torch.Tensor):
         codes, counts = label_encode(x)

@@ -234,8 +234,10 @@ def fit_logistic(
             speeds up on an idle machine and slows down by 10-30x on a shared one (measured here: 0.6 s
             vs 16.7 s for N = 1200 under load 10 on 2 cores), as every op waits for a descheduled thread.
         workers: threads of the CPU fit kernel (``latentquant::logistic_fit_lbfgs``), which share out the
-            targets, widest first; threads of its own that block rather than spin, so a busy machine costs no
-            more than the time they lose. A target's fit does not depend on it.
+            targets, widest first; a thread with no target left runs halves of the others' evaluations (so
+            a single target, or the last one, uses two). Threads of its own that block or yield rather than
+            spin for long, so a busy machine costs no more than the time they lose. A target's fit does not
+            depend on it (bit-identical for any count).
 
     Returns:
         :class:`LogisticFit` with weights (T, C_max, F + 1), unweighted cross-entropy (T,) and iterations (T,).
@@ -380,7 +382,7 @@ def _fit(
     weights = _initial_weights(num_classes, width, num_features, dtype)
     all_targets = torch.arange(num_targets, device=device)
     if has_fit_kernel(design.data):
-        weights, n_iter = logistic_fit_lbfgs(
+        weights, n_iter, cross_entropy = logistic_fit_lbfgs(
             design.data,
             weights,
             labels,
@@ -396,11 +398,11 @@ def _fit(
         weights, n_iter = _lbfgs(
             design, weights, labels, sample_weight, l2_per_target, group_of, widths, max_iter, tol
         )
-    # The unweighted mean cross-entropy: the loss with uniform sample weights.
-    uniform = torch.full_like(sample_weight, 1.0 / max(num_samples, 1))
-    cross_entropy = _evaluate(
-        design, weights, _parts(all_targets, group_of, widths, width, labels, uniform), None
-    )[0].to(torch.float64)
+        # The unweighted mean cross-entropy: the loss with uniform sample weights (the kernel returns it).
+        uniform = torch.full_like(sample_weight, 1.0 / max(num_samples, 1))
+        cross_entropy = _evaluate(
+            design, weights, _parts(all_targets, group_of, widths, width, labels, uniform), None
+        )[0].to(torch.float64)
     return LogisticFit(weights=weights, cross_entropy=cross_entropy, n_iter=n_iter)
 
 

@@ -41,8 +41,10 @@ if _registry.HAVE_C:
 
     @torch.library.register_fake("latentquant::logistic_fit_lbfgs")
     def _(data, weights, labels, sample_weight, num_classes, l2, onehot, max_iter, tol, num_threads):
-        return torch.empty_like(weights, memory_format=torch.contiguous_format), num_classes.new_empty(
-            weights.shape[0]
+        return (
+            torch.empty_like(weights, memory_format=torch.contiguous_format),
+            num_classes.new_empty(weights.shape[0]),
+            weights.new_empty(weights.shape[0], dtype=torch.float64),
         )
 
 
@@ -213,7 +215,7 @@ def logistic_fit_lbfgs(
     max_iter: int,
     tol: float,
     num_threads: int = 1,
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The whole L-BFGS of :func:`latentquant.metrics.logistic.fit_logistic` in one call (CPU kernel only).
 
     The algorithm of the Python loop there (history 10, Armijo backtracking with quadratic interpolation, the
@@ -232,7 +234,9 @@ def logistic_fit_lbfgs(
         max_iter: iteration budget (>= 0); tol: stop at max |gradient| <= tol (>= 0); num_threads: >= 1.
 
     Returns:
-        weights (T, C, F1) and iterations that moved (T,) int64.
+        weights (T, C, F1), iterations that moved (T,) int64, and the unweighted mean cross-entropy (T,)
+        float64 of the final weights on the samples (the loss with uniform sample weights, each target
+        evaluated on the thread that fit it).
 
     Raises:
         ValueError: wrong ranks, dtypes, shapes or ranges (labels, codes, num_classes), or no CPU kernel.
