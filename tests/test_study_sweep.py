@@ -410,3 +410,30 @@ def test_train_run_keeps_a_ctrl_c_that_arrives_before_the_loop_handles_signals(t
     else:
         assert result["step"] == 1
         assert load_checkpoint(run_dir / CHECKPOINT_NAME).step == 1  # the checkpoint of the stop, resumable
+
+
+def test_train_run_stops_on_slurms_time_limit_signal_with_a_checkpoint_named_for_it(
+    tmp_path, monkeypatch, capsys
+):
+    """submitit's USR2 (Slurm's warning ahead of the time limit), which the training loop does not handle
+    itself: the run stops after its step with a checkpoint, and says it was USR2 (it used to say SIGINT)."""
+    from latentquant.study import sweep
+    from latentquant.train import loop
+    from latentquant.train.checkpoint import load_checkpoint
+    from latentquant.train.config import parse_overrides
+    from latentquant.train.rundir import CHECKPOINT_NAME
+
+    real = loop.make_model
+
+    def signalled(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGUSR2)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "make_model", signalled)
+    run_dir = tmp_path / "qlae-shapes3d-seed0"
+    settings = {"model": "qlae", "dataset": "shapes3d", "seed": 0, **parse_overrides(TINY), "steps": 40}
+    result = sweep.train_run(settings, str(run_dir), 1, None)
+    assert result["state"] == "interrupted" and result["step"] == 1
+    assert load_checkpoint(run_dir / CHECKPOINT_NAME).step == 1
+    err = capsys.readouterr().err
+    assert "Interrupted by SIGUSR2 at step 1; checkpoint written" in err and "SIGINT" not in err

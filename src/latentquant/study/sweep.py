@@ -311,8 +311,10 @@ def _train_run(
         settings = {**settings, "overwrite": True}
 
     def stop_if_requested_early(step: int, losses: dict[str, float]) -> None:
-        if early_stop:
-            raise KeyboardInterrupt
+        if early_stop:  # a stop after this step, with a checkpoint, named for the signal that asked for it
+            request = KeyboardInterrupt(signal.Signals(early_stop[0]).name)
+            request.signum = early_stop[0]
+            raise request
 
     if early_stop:  # asked to stop before the run started: leave it as it is
         return {"state": "interrupted", "step": None, "metrics": {}}
