@@ -1,6 +1,6 @@
 """Data-parallel training on 2 gloo ranks (CPU): the VQ EMA codebook stays identical on every rank and equals
-one process on the global batch; batch sharding; (heavy) training 2 ranks x B = 1 rank x 2B, resumed 2-rank
-run = uninterrupted, the `--nproc-per-node` launcher."""
+one process on the global batch; batch sharding; (heavy) training 2 ranks x B = 1 rank x 2B (eager and with the
+compiled decoder), resumed 2-rank run = uninterrupted, the `--nproc-per-node` launcher."""
 
 from __future__ import annotations
 
@@ -123,6 +123,25 @@ def test_two_ranks_of_batch_b_train_like_one_process_of_batch_2b(tmp_path):
     one_loss = [r["losses"]["loss"] for r in one_log if r["kind"] == "train"]
     assert ddp_loss == pytest.approx(one_loss, rel=1e-5)  # logged: the mean over the global batch
     assert (tmp_path / "ddp" / "metrics.json").is_file() and (tmp_path / "ddp" / "report.html").is_file()
+
+
+@pytest.mark.heavy
+def test_two_ranks_with_a_compiled_decoder_train_like_one_process(tmp_path):
+    """``compile: decoder`` (make demo's setting) under DistributedDataParallel: the decoder compiled in place
+    inside the DDP module trains 2 ranks x B like one compiled process of 2B (the same tolerance as eager)."""
+    settings = {**TINY, "compile": "decoder"}
+    _train_ranks(2, {**settings, "batch_size": 4}, tmp_path / "ddp")
+    from latentquant.train.loop import train
+
+    train({**settings, "batch_size": 8}, tmp_path / "one", progress=False)
+    ddp, one = _weights(tmp_path / "ddp"), _weights(tmp_path / "one")
+    assert ddp.keys() == one.keys()
+    for name in one:
+        torch.testing.assert_close(ddp[name], one[name], rtol=1e-4, atol=1e-5, msg=name)
+    import json
+
+    metrics = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
+    assert metrics["provenance"]["compile"] == "decoder"
 
 
 @pytest.mark.heavy
