@@ -1048,32 +1048,41 @@ LQ_INLINE void onehot_fit_block(const OneHotFitProblem<T>& p, int64_t s0, int64_
   }
 }
 
-template <int VB, typename T>
-LQ_INLINE void chunk_body(const OneHotFitProblem<T>& p, const ChunkRange& r) {
+// The chunks of a fit evaluation: each chunk into its own buffer (r.out + c * r.out_size), or with kDefer (the
+// paired layout) every chunk into r.out, in order, the tile flushed at each chunk's last block.
+template <int VB, bool kDefer, typename T>
+LQ_INLINE void fit_chunks(const OneHotFitProblem<T>& p, const ChunkRange& r) {
   constexpr int64_t W = Vec<T, VB>::kWidth;
   OneHotScratch<T> sc(p.groups, p.f1, p.cp);
   const int64_t vectors = p.cp / W;
   for (int64_t c = r.c0; c < r.c1; ++c) {
-    double* out = r.out + c * r.out_size;
-    for (int64_t b = c * r.per_chunk; b < std::min(r.blocks, (c + 1) * r.per_chunk); ++b) {
+    double* out = kDefer ? r.out : r.out + c * r.out_size;
+    const int64_t last = std::min(r.blocks, (c + 1) * r.per_chunk) - 1;
+    for (int64_t b = c * r.per_chunk; b <= last; ++b) {
       const int64_t s0 = b * kBlock;
       const int64_t nb = std::min(kBlock, p.n - s0);
+      const bool flush = b == last;
       switch (vectors) {  // OneHotEval takes this path only for 1 to 4 vectors per class row
         case 1:
-          onehot_fit_block<1, T, VB>(p, s0, nb, sc, out, out + 1);
+          onehot_fit_block<1, T, VB, kDefer>(p, s0, nb, sc, out, out + 1, flush);
           break;
         case 2:
-          onehot_fit_block<2, T, VB>(p, s0, nb, sc, out, out + 1);
+          onehot_fit_block<2, T, VB, kDefer>(p, s0, nb, sc, out, out + 1, flush);
           break;
         case 3:
-          onehot_fit_block<3, T, VB>(p, s0, nb, sc, out, out + 1);
+          onehot_fit_block<3, T, VB, kDefer>(p, s0, nb, sc, out, out + 1, flush);
           break;
         default:
-          onehot_fit_block<4, T, VB>(p, s0, nb, sc, out, out + 1);
+          onehot_fit_block<4, T, VB, kDefer>(p, s0, nb, sc, out, out + 1, flush);
           break;
       }
     }
   }
+}
+
+template <int VB, typename T>
+LQ_INLINE void chunk_body(const OneHotFitProblem<T>& p, const ChunkRange& r) {
+  fit_chunks<VB, false>(p, r);
 }
 
 // ---- the paired one-hot layout of the fit (float32): two latents' weight rows summed once per evaluation ----
@@ -1093,36 +1102,10 @@ struct JointFitProblem {
   OneHotFitProblem<T> base;  // off: joint row offsets (N, pairs) and wt: the joint table, intercept last
 };
 
+// One buffer for all the chunks of a shard, in order (a shard runs on one thread).
 template <int VB, typename T>
 LQ_INLINE void chunk_body(const JointFitProblem<T>& jp, const ChunkRange& r) {
-  constexpr int64_t W = Vec<T, VB>::kWidth;
-  const OneHotFitProblem<T>& p = jp.base;
-  OneHotScratch<T> sc(p.groups, p.f1, p.cp);
-  const int64_t vectors = p.cp / W;
-  // One buffer for every chunk, in order: the fit evaluates a target on one thread.
-  double* out = r.out;
-  for (int64_t c = r.c0; c < r.c1; ++c) {
-    const int64_t last = std::min(r.blocks, (c + 1) * r.per_chunk) - 1;
-    for (int64_t b = c * r.per_chunk; b <= last; ++b) {
-      const int64_t s0 = b * kBlock;
-      const int64_t nb = std::min(kBlock, p.n - s0);
-      const bool flush = b == last;
-      switch (vectors) {
-        case 1:
-          onehot_fit_block<1, T, VB, true>(p, s0, nb, sc, out, out + 1, flush);
-          break;
-        case 2:
-          onehot_fit_block<2, T, VB, true>(p, s0, nb, sc, out, out + 1, flush);
-          break;
-        case 3:
-          onehot_fit_block<3, T, VB, true>(p, s0, nb, sc, out, out + 1, flush);
-          break;
-        default:
-          onehot_fit_block<4, T, VB, true>(p, s0, nb, sc, out, out + 1, flush);
-          break;
-      }
-    }
-  }
+  fit_chunks<VB, true>(jp.base, r);
 }
 
 // Which latents share a table. A latent's one-hot columns are the range [lo, lo + K) its codes span (any codes
@@ -1384,12 +1367,13 @@ inline ChunkRange shard_range(const ChunkRange& r, int shard, int shards) {
   return out;
 }
 
-// The chunks of `range` (per-chunk buffers: the results do not depend on the split) as shards on the team.
+// The chunks of `range` as shards (body(shard's range, shard)) on the team: the shards write disjoint buffers
+// (per chunk, or per shard), so the results do not depend on who runs which.
 template <typename F>
 void run_sharded(Team* team, int64_t slot, const ChunkRange& range, F&& body) {
   if (range.c1 <= range.c0) return;
   const int shards = shard_count(range.c1 - range.c0);
-  auto task = [&](int s) { body(shard_range(range, s, shards)); };
+  auto task = [&](int s) { body(shard_range(range, s, shards), s); };
   if (team == nullptr) {
     for (int s = 0; s < shards; ++s) task(s);
   } else {
@@ -1424,7 +1408,7 @@ struct DenseEval {
     std::fill(part.begin(), part.end(), 0.0);
     const Problem<T> p{x, w, labels, sw, n, f1, 1, classes};
     const ChunkRange range{0, plan.chunks, plan.per_chunk, plan.blocks, out_size, part.data(), bad.data()};
-    run_sharded(team, slot, range, [&](const ChunkRange& r) { run(p, r); });
+    run_sharded(team, slot, range, [&](const ChunkRange& r, int) { run(p, r); });
     sum_chunks(part.data(), plan.chunks, out_size);
     std::copy(part.begin() + 1, part.begin() + out_size, grad);
     return part[0];
@@ -1442,9 +1426,10 @@ struct OneHotEval {
   ChunkFn<OneHotProblem<T>> run;
   ChunkFn<OneHotFitProblem<T>> run_fit;
   ChunkFn<JointFitProblem<T>> run_joint;
-  const int32_t* off;  // (N, G) row offsets, or null: the op's path (more than 4 vectors per class row)
+  // The fit's row offsets, sample-major: (N, G) code * Cp, or with the paired layout `joint` (N, parts) joint
+  // row * Cp; null: the op's path (more than 4 vectors per class row).
+  const int32_t* off;
   const JointLayout* joint;  // or null
-  const int32_t* joint_off;  // (N, parts) joint row offsets
   ChunkPlan plan;
   int64_t out_size;
   std::vector<double> part, gsum;
@@ -1454,8 +1439,7 @@ struct OneHotEval {
   int64_t slot = 0;
 
   OneHotEval(const int64_t* codes_, const int64_t* labels_, const T* sw_, int64_t n_, int64_t groups_, int64_t f1_,
-             int64_t classes_, int vb, const std::vector<int32_t>* offsets, const JointLayout* joint_ = nullptr,
-             const std::vector<int32_t>* joint_offsets = nullptr)
+             int64_t classes_, int vb, const std::vector<int32_t>* offsets, const JointLayout* joint_ = nullptr)
       : codes(codes_),
         labels(labels_),
         sw(sw_),
@@ -1467,15 +1451,13 @@ struct OneHotEval {
         run_fit(pick_chunk_fn<OneHotFitProblem<T>>(vb)),
         run_joint(pick_chunk_fn<JointFitProblem<T>>(vb)),
         off(nullptr),
-        joint(nullptr),
-        joint_off(nullptr) {
+        joint(nullptr) {
     const int64_t lanes = vb / static_cast<int64_t>(sizeof(T));  // as logistic_onehot_loss_grad_cpu
     cp = (classes + lanes - 1) / lanes * lanes;
     const bool fits = cp <= kMaxFitVectors * lanes;
     if (fits && offsets != nullptr && !offsets->empty()) off = offsets->data();
-    if (fits && joint_ != nullptr && !joint_->empty() && joint_offsets != nullptr && !joint_offsets->empty()) {
+    if (off != nullptr && joint_ != nullptr && !joint_->empty()) {
       joint = joint_;
-      joint_off = joint_offsets->data();
       jt.assign((joint->rows + 1) * cp, T(0));
       gsum.assign(f1 * cp, 0.0);
     }
@@ -1498,10 +1480,10 @@ struct OneHotEval {
     if (joint != nullptr) return joint_eval(range, grad);
     if (off != nullptr) {
       const OneHotFitProblem<T> p{off, wt.data(), lane.data(), labels, sw, n, groups, f1, classes, cp};
-      run_sharded(team, slot, range, [&](const ChunkRange& r) { run_fit(p, r); });
+      run_sharded(team, slot, range, [&](const ChunkRange& r, int) { run_fit(p, r); });
     } else {
       const OneHotProblem<T> p{codes, wt.data(), lane.data(), labels, sw, n, groups, f1, 1, classes, cp};
-      run_sharded(team, slot, range, [&](const ChunkRange& r) { run(p, r); });
+      run_sharded(team, slot, range, [&](const ChunkRange& r, int) { run(p, r); });
     }
     sum_chunks(part.data(), plan.chunks, out_size);
     for (int64_t c = 0; c < classes; ++c)
@@ -1529,22 +1511,13 @@ struct OneHotEval {
       }
     }
     std::copy(wt.data() + (f1 - 1) * cp, wt.data() + f1 * cp, jt.data() + rows * cp);
-    if (plan.chunks) {
-      const JointFitProblem<T> p{{joint_off, jt.data(), lane.data(), labels, sw, n,
-                                  static_cast<int64_t>(joint->parts.size()), rows + 1, classes, cp}};
-      const int shards = shard_count(plan.chunks);
-      auto task = [&](int s) {
-        ChunkRange r = shard_range(range, s, shards);
-        r.out = part.data() + s * out_size;
-        run_joint(p, r);
-      };
-      if (team == nullptr) {
-        for (int s = 0; s < shards; ++s) task(s);
-      } else {
-        team->run(slot, shards, task);
-      }
-      sum_chunks(part.data(), shards, out_size);
-    }
+    const JointFitProblem<T> p{{off, jt.data(), lane.data(), labels, sw, n,
+                                static_cast<int64_t>(joint->parts.size()), rows + 1, classes, cp}};
+    run_sharded(team, slot, range, [&](ChunkRange r, int shard) {
+      r.out = part.data() + shard * out_size;
+      run_joint(p, r);
+    });
+    sum_chunks(part.data(), shard_count(plan.chunks), out_size);
     std::fill(gsum.begin(), gsum.end(), 0.0);
     const double* dj = part.data() + 1;
     for (const auto& q : joint->parts) {
@@ -1807,36 +1780,27 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> logistic_fit_lbfgs_cpu(const at::
       return (nc[t] + lanes - 1) / lanes * lanes;
     };
     auto fits = [&](int64_t t) { return padded(t) <= kMaxFitVectors * (onehot_vb(t) / static_cast<int64_t>(sizeof(T))); };
+    // float32 (InfoE) evaluates on the paired layout where it pays (JointLayout); float64, the reference-precision
+    // path the tests compare, keeps the rounding order of the op. The offsets are built for one or the other.
+    JointLayout joint;
+    if (onehot && std::is_same_v<T, float>) joint = joint_layout(data.data_ptr<int64_t>(), data.size(0), n);
     std::vector<std::vector<int32_t>> row_offsets(kMaxFitVectors * 64 / 16 + 1);
-    if (onehot && (f1 - 1) * kMaxFitVectors * (64 / static_cast<int64_t>(sizeof(T))) < (int64_t(1) << 31)) {
+    const int64_t gathered_rows = joint.empty() ? f1 - 1 : joint.rows;  // joint.rows <= kMaxJointRows
+    if (onehot && gathered_rows * kMaxFitVectors * (64 / static_cast<int64_t>(sizeof(T))) < (int64_t(1) << 31)) {
       const int64_t groups = data.size(0);
       const int64_t* codes = data.data_ptr<int64_t>();
+      const int64_t per_sample = joint.empty() ? groups : static_cast<int64_t>(joint.parts.size());
       for (int64_t t = 0; t < targets; ++t) {
         const int64_t cp = padded(t);
         if (!fits(t) || !row_offsets[cp / unit].empty()) continue;
         auto& offs = row_offsets[cp / unit];
-        offs.resize(n * groups);
-        for (int64_t gi = 0; gi < groups; ++gi)
-          for (int64_t j = 0; j < n; ++j) offs[j * groups + gi] = static_cast<int32_t>(codes[gi * n + j] * cp);
-      }
-    }
-    // float32 (InfoE) evaluates on the paired layout where it pays (JointLayout); float64, the reference-precision
-    // path the tests compare, keeps the rounding order of the op.
-    JointLayout joint;
-    std::vector<std::vector<int32_t>> joint_offsets(row_offsets.size());
-    if (onehot && std::is_same_v<T, float> && !row_offsets.empty()) {
-      joint = joint_layout(data.data_ptr<int64_t>(), data.size(0), n);
-      const int64_t width_j = static_cast<int64_t>(joint.parts.size());
-      if (!joint.empty() && (joint.rows + 1) * kMaxFitVectors * (64 / static_cast<int64_t>(sizeof(T))) < (int64_t(1) << 31)) {
-        for (int64_t t = 0; t < targets; ++t) {
-          const int64_t cp = padded(t);
-          if (!fits(t) || !joint_offsets[cp / unit].empty()) continue;
-          auto& offs = joint_offsets[cp / unit];
-          offs.resize(n * width_j);
-          for (int64_t i = 0; i < n * width_j; ++i) offs[i] = joint.row[i] * static_cast<int32_t>(cp);
+        offs.resize(n * per_sample);
+        if (joint.empty()) {
+          for (int64_t gi = 0; gi < groups; ++gi)
+            for (int64_t j = 0; j < n; ++j) offs[j * groups + gi] = static_cast<int32_t>(codes[gi * n + j] * cp);
+        } else {
+          for (int64_t i = 0; i < n * per_sample; ++i) offs[i] = joint.row[i] * static_cast<int32_t>(cp);
         }
-      } else {
-        joint = JointLayout{};
       }
     }
     // The fit's cross-entropy: the loss with uniform sample weights 1 / N (what fit_logistic's Python loop
@@ -1846,33 +1810,28 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> logistic_fit_lbfgs_cpu(const at::
     // target left helps the others' evaluations (Team).
     const int64_t workers = std::min<int64_t>(num_threads, targets * kShards);
     Team team(workers, targets);
+    // Fit target t from x with `eval` (its shards lent to the team), then score it: the same evaluation with
+    // uniform sample weights.
+    auto fit_and_score = [&](auto& eval, int64_t t, T* x, int64_t id) {
+      eval.team = &team;
+      eval.slot = id;
+      iters[t] = fit_target<T>(eval, x, nc[t], f1, l2p[t], max_iter, tol);
+      eval.sw = uniform.data();
+      std::vector<double> unused(nc[t] * f1);
+      ce[t] = eval(x, unused.data());
+    };
     auto worker = [&](int64_t id) {
       for (int64_t i = next.fetch_add(1); i < targets; i = next.fetch_add(1)) {
         const int64_t t = order[i];
         T* x = w + t * width * f1;  // the target's real classes: its first nc[t] rows
-        std::vector<double> unused(nc[t] * f1);
         if (onehot) {
           const std::vector<int32_t>* offsets = fits(t) ? &row_offsets[padded(t) / unit] : nullptr;
-          const std::vector<int32_t>* j_offsets = fits(t) ? &joint_offsets[padded(t) / unit] : nullptr;
           OneHotEval<T> eval(data.data_ptr<int64_t>(), lab + t * n, sw + t * n, n, data.size(0), f1, nc[t],
-                             onehot_vb(t), offsets, &joint, j_offsets);
-          eval.team = &team;
-          eval.slot = id;
-          iters[t] = fit_target<T>(eval, x, nc[t], f1, l2p[t], max_iter, tol);
-          OneHotEval<T> uniform_eval(data.data_ptr<int64_t>(), lab + t * n, uniform.data(), n, data.size(0), f1,
-                                     nc[t], onehot_vb(t), offsets, &joint, j_offsets);
-          uniform_eval.team = &team;
-          uniform_eval.slot = id;
-          ce[t] = uniform_eval(x, unused.data());
+                             onehot_vb(t), offsets, &joint);
+          fit_and_score(eval, t, x, id);
         } else {
           DenseEval<T> eval(data.data_ptr<T>(), lab + t * n, sw + t * n, n, f1, nc[t], vb);
-          eval.team = &team;
-          eval.slot = id;
-          iters[t] = fit_target<T>(eval, x, nc[t], f1, l2p[t], max_iter, tol);
-          DenseEval<T> uniform_eval(data.data_ptr<T>(), lab + t * n, uniform.data(), n, f1, nc[t], vb);
-          uniform_eval.team = &team;
-          uniform_eval.slot = id;
-          ce[t] = uniform_eval(x, unused.data());
+          fit_and_score(eval, t, x, id);
         }
         team.finished.fetch_add(1, std::memory_order_release);
       }
