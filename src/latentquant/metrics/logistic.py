@@ -380,7 +380,6 @@ def _fit(
     else:
         l2_per_target = None
     weights = _initial_weights(num_classes, width, num_features, dtype)
-    all_targets = torch.arange(num_targets, device=device)
     if has_fit_kernel(design.data):
         weights, n_iter, cross_entropy = logistic_fit_lbfgs(
             design.data,
@@ -400,6 +399,7 @@ def _fit(
         )
         # The unweighted mean cross-entropy: the loss with uniform sample weights (the kernel returns it).
         uniform = torch.full_like(sample_weight, 1.0 / max(num_samples, 1))
+        all_targets = torch.arange(num_targets, device=device)
         cross_entropy = _evaluate(
             design, weights, _parts(all_targets, group_of, widths, width, labels, uniform), None
         )[0].to(torch.float64)

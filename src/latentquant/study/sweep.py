@@ -300,7 +300,7 @@ def _train_run(
     if num_threads is not None:
         for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
             os.environ[name] = str(num_threads)
-    from latentquant.train.loop import train
+    from latentquant.train.loop import StopAfterStep, train
     from latentquant.train.rundir import holds_run
 
     state = run_state(run_dir, settings)
@@ -312,9 +312,7 @@ def _train_run(
 
     def stop_if_requested_early(step: int, losses: dict[str, float]) -> None:
         if early_stop:  # a stop after this step, with a checkpoint, named for the signal that asked for it
-            request = KeyboardInterrupt(signal.Signals(early_stop[0]).name)
-            request.signum = early_stop[0]
-            raise request
+            raise StopAfterStep(early_stop[0])
 
     if early_stop:  # asked to stop before the run started: leave it as it is
         return {"state": "interrupted", "step": None, "metrics": {}}

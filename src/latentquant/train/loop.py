@@ -95,12 +95,21 @@ class TrainResult:
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
 
 
-class SignalInterrupt(KeyboardInterrupt):
-    """Raised by a stop signal that must take effect at once (a second signal, or one after training)."""
+class _SignalStop(KeyboardInterrupt):
+    """A stop asked for by signal ``signum`` (the run reports it, and exits with 128 + signum)."""
 
     def __init__(self, signum: int) -> None:
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
+
+
+class SignalInterrupt(_SignalStop):
+    """Raised by a stop signal that must take effect at once (a second signal, or one after training)."""
+
+
+class StopAfterStep(_SignalStop):
+    """Raised by an ``on_step`` hook for a stop signal the loop does not handle itself (the sweep's submitit
+    signal): the run stops after the step with a checkpoint, as for its own stop signals."""
 
 
 class _StopRequest:
@@ -280,7 +289,7 @@ def train(
             ``metrics.json``, the PNG figures and ``report.html``.
         resume: continue the run in ``out_dir`` from its checkpoint.
         on_step: called after every completed step with ``(step, losses)``; raising ``KeyboardInterrupt``
-            there stops the run like Ctrl-C does.
+            there stops the run like Ctrl-C does (:class:`StopAfterStep` names the signal that asked).
         progress: show a progress bar (loss and steps/s) on stderr.
 
     Returns:
