@@ -4,8 +4,11 @@ compiled decoder), resumed 2-rank run = uninterrupted, the `--nproc-per-node` la
 
 from __future__ import annotations
 
+import faulthandler
+import json
 import os
 import socket
+import time
 
 import pytest
 import torch
@@ -25,6 +28,7 @@ def _free_port() -> int:
 
 
 def _vq_worker(rank: int, world: int, port: int, out: str, restarts: bool) -> None:
+    faulthandler.enable(all_threads=True)  # a rank that aborts prints every thread's Python stack
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     torch.manual_seed(0)
     layer = VectorQuantizer(4, 16, ema=True, dead_code_threshold=0.5 if restarts else 0.0)
@@ -80,7 +84,10 @@ def test_batch_shards_are_disjoint_and_cover_the_global_batch():
 TINY = tiny_run(steps=6, batch_size=None, eval_samples=200, num_threads=1)
 
 
-def _train_worker(rank: int, world: int, port: int, settings: dict, out: str, resume: bool) -> None:
+def _train_worker(
+    rank: int, world: int, port: int, settings: dict, out: str, resume: bool, fail_writing_on: int = -1
+) -> None:
+    faulthandler.enable(all_threads=True)  # a rank that aborts prints every thread's Python stack
     os.environ.update(
         RANK=str(rank),
         LOCAL_RANK=str(rank),
@@ -88,9 +95,24 @@ def _train_worker(rank: int, world: int, port: int, settings: dict, out: str, re
         MASTER_ADDR="127.0.0.1",
         MASTER_PORT=str(port),
     )
-    from latentquant.train.loop import train
+    from latentquant.train import loop
 
-    train(settings, out, resume=resume, progress=False)
+    if rank == fail_writing_on:
+
+        def full_disk(*args, **kwargs):
+            raise OSError(28, "No space left on device (injected)")
+
+        loop.write_outputs = full_disk
+    started, error = time.monotonic(), None
+    try:
+        loop.train(settings, out, resume=resume, progress=False)
+    except Exception as err:
+        error = f"{type(err).__name__}: {err}"
+        raise
+    finally:  # how this rank ended, and when
+        outcome = {"seconds": time.monotonic() - started, "error": error}
+        with open(f"{out}.rank{rank}.json", "w") as f:
+            json.dump(outcome, f)
 
 
 def _train_ranks(world: int, settings: dict, out, resume: bool = False) -> None:
@@ -120,7 +142,6 @@ def _two_ranks_and_one_process(settings: dict, tmp_path) -> None:
 @pytest.mark.heavy
 def test_two_ranks_of_batch_b_train_like_one_process_of_batch_2b(tmp_path):
     _two_ranks_and_one_process(TINY, tmp_path)
-    import json
 
     ddp_log = [json.loads(x) for x in (tmp_path / "ddp" / "log.jsonl").read_text().splitlines()]
     one_log = [json.loads(x) for x in (tmp_path / "one" / "log.jsonl").read_text().splitlines()]
@@ -135,7 +156,6 @@ def test_two_ranks_with_a_compiled_decoder_train_like_one_process(tmp_path):
     """``compile: decoder`` (make demo's setting) under DistributedDataParallel: the decoder compiled in place
     inside the DDP module trains 2 ranks x B like one compiled process of 2B (the same tolerance as eager)."""
     _two_ranks_and_one_process({**TINY, "compile": "decoder"}, tmp_path)
-    import json
 
     metrics = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
     assert metrics["provenance"]["compile"] == "decoder"
@@ -155,6 +175,31 @@ def test_resumed_two_rank_run_equals_uninterrupted_and_resumes_on_one_rank(tmp_p
 
     result = train({"steps": 8}, tmp_path / "resumed", resume=True, progress=False)  # now 1 rank
     assert result.step == 8 and load_checkpoint(tmp_path / "resumed" / "checkpoint.safetensors").step == 8
+
+
+@pytest.mark.heavy
+def test_a_rank_0_failure_after_training_fails_every_rank_promptly(tmp_path):
+    """The ranks meet once more after rank 0 has written the outputs (distributed.teardown): when rank 0 fails
+    writing them, rank 1's final wait fails on the closed connection (it does not wait out gloo's 30-minute
+    timeout), and the job reports rank 0's error."""
+    out = tmp_path / "run"
+    args = (2, _free_port(), {**TINY, "batch_size": 4}, str(out), False, 0)
+    # Not mp.spawn(join=True): it would SIGTERM rank 1 as soon as rank 0 fails, before we see how rank 1 ends.
+    context = mp.start_processes(_train_worker, args=args, nprocs=2, join=False, start_method="spawn")
+    for process in context.processes:
+        process.join(timeout=600)
+    hung = [rank for rank, process in enumerate(context.processes) if process.is_alive()]
+    for rank in hung:
+        context.processes[rank].kill()
+    assert not hung, f"ranks {hung} still running after 10 minutes"
+    ends = {r: json.loads((tmp_path / f"run.rank{r}.json").read_text()) for r in range(2)}
+    assert [p.exitcode for p in context.processes] == [1, 1], ends
+    assert "No space left on device" in ends[0]["error"]
+    assert "RuntimeError" in ends[1]["error"], ends[1]  # gloo: connection closed by peer
+    assert ends[1]["seconds"] < 300, ends  # well before gloo's 30-minute timeout
+    from latentquant.train.checkpoint import load_checkpoint
+
+    assert load_checkpoint(out / "checkpoint.safetensors").step == TINY["steps"]  # the final checkpoint stays
 
 
 @pytest.mark.heavy

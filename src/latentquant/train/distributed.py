@@ -105,9 +105,22 @@ def setup(device_setting: str) -> Distributed:
     return Distributed(rank, world_size, local_rank, device)
 
 
-def teardown(info: Distributed) -> None:
-    """Leave the process group (after the last collective)."""
-    if info.enabled and dist.is_initialized():
+def teardown(info: Distributed, together: bool = False) -> None:
+    """Leave the process group (after the last collective).
+
+    ``together`` (the run finished on this rank): first wait until every rank has finished, so that all ranks
+    close their connections at the same point, after rank 0 has written the outputs. Before, ranks 1..N-1 left
+    right after the last collective and tore their gloo connections down while rank 0 was still writing; a
+    rank 1 once died at about that point in CI (SIGABRT, "terminate called without an active exception"; not
+    reproduced in some 40 runs since, so the cause inside torch/gloo is not pinned down). A rank that failed
+    leaves at once; the others' final wait then fails on the closed connection instead of hanging.
+    """
+    if not (info.enabled and dist.is_initialized()):
+        return
+    try:
+        if together:
+            dist.barrier()
+    finally:
         dist.destroy_process_group()
 
 

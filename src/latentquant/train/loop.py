@@ -309,16 +309,20 @@ def train(
     if not resume:
         select_device(resolve_config(settings).device)  # every setting checked before a file is touched
     info = distributed.setup(_device_setting(settings, out_dir, resume))
+    finished = False
     try:
         if not info.is_main:  # rank 0 owns the directory: it prepares the run and shares what it found
             settings, checkpoint = distributed.receive_from_main(info)
-            return _train_locked(settings, out_dir, checkpoint, on_step, False, info)
-        with distributed.share_from_main(info) as share, lock_run(out_dir, "train", create=not resume):
-            settings, checkpoint = _prepare_settings(settings, out_dir, resume)
-            share((settings, checkpoint))
-            return _train_locked(settings, out_dir, checkpoint, on_step, progress, info)
+            result = _train_locked(settings, out_dir, checkpoint, on_step, False, info)
+        else:
+            with distributed.share_from_main(info) as share, lock_run(out_dir, "train", create=not resume):
+                settings, checkpoint = _prepare_settings(settings, out_dir, resume)
+                share((settings, checkpoint))
+                result = _train_locked(settings, out_dir, checkpoint, on_step, progress, info)
+        finished = True
+        return result
     finally:
-        distributed.teardown(info)
+        distributed.teardown(info, together=finished)
 
 
 def _device_setting(settings: Mapping[str, Any], out_dir: Path, resume: bool) -> str:
