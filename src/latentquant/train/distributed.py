@@ -112,7 +112,7 @@ def teardown(info: Distributed, together: bool = False) -> None:
     close their connections at the same point, after rank 0 has written the outputs. Before, ranks 1..N-1 left
     right after the last collective and tore their gloo connections down while rank 0 was still writing; a
     rank 1 once died at about that point in CI (SIGABRT, "terminate called without an active exception"; not
-    reproduced in some 40 runs since, so the cause inside torch/gloo is not pinned down). A rank that failed
+    reproduced in some 170 2-rank runs since, so the cause inside torch/gloo is not pinned down). A rank that failed
     leaves at once; the others' final wait then fails on the closed connection instead of hanging.
     """
     if not (info.enabled and dist.is_initialized()):
